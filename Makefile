@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first
+# (idempotent: the install step reruns only when pyproject.toml changes).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch/torchvision pinned to the builds this machine ships on local disk (DESIGN.md).
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test test-fast lint experiments clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m nas_neck.demo
+
+test: $(STAMP)
+	@$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check nas_neck tests experiments
+	$(BIN)/ruff format --check nas_neck tests experiments
+
+clean:
+	rm -rf $(VENV) runs nas.db mlflow.db .nas-neck-cache
