@@ -15,3 +15,11 @@ class SpaceError(NasNeckError):
         self.path = path
         where = ": ".join(p for p in (source, path) if p)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class DataError(NasNeckError):
+    """A dataset is unusable: names the file (and annotation or image id) and what is wrong."""
+
+
+class BackboneError(NasNeckError):
+    """A backbone cannot be built or its weights cannot be loaded: says what to pass instead."""
