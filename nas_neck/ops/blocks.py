@@ -1,0 +1,163 @@
+"""Blocks that refine a fused map: the DSL's `block` values, each repeated `depth` times.
+
+Every block maps `in_ch -> out_ch`; the first unit changes the width, the rest keep it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas_neck.ops.conv import ConvBnAct
+
+BLOCKS = ("none", "conv", "dwconv", "bottleneck", "csp", "c2f", "repconv", "aspp")
+
+
+class DwConv(nn.Module):
+    """Depthwise-separable conv: 3x3 depthwise (BN, SiLU) then 1x1 pointwise (BN, SiLU)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.dw = ConvBnAct(in_ch, in_ch, 3, groups=in_ch)
+        self.pw = ConvBnAct(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.dw(x))
+
+
+class Bottleneck(nn.Module):
+    """YOLO bottleneck: 3x3 -> 3x3 with a residual shortcut when widths match."""
+
+    def __init__(self, in_ch: int, out_ch: int, shortcut: bool = True, expansion: float = 1.0) -> None:
+        super().__init__()
+        hidden = max(8, int(out_ch * expansion))
+        self.cv1 = ConvBnAct(in_ch, hidden, 3)
+        self.cv2 = ConvBnAct(hidden, out_ch, 3)
+        self.add = shortcut and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C3(nn.Module):
+    """CSP bottleneck with 3 convs (YOLOv5 C3): half the channels skip the bottlenecks."""
+
+    def __init__(self, in_ch: int, out_ch: int, depth: int = 1) -> None:
+        super().__init__()
+        hidden = max(8, out_ch // 2)
+        self.cv1 = ConvBnAct(in_ch, hidden, 1)
+        self.cv2 = ConvBnAct(in_ch, hidden, 1)
+        self.m = nn.Sequential(*(Bottleneck(hidden, hidden, shortcut=False) for _ in range(depth)))
+        self.cv3 = ConvBnAct(2 * hidden, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
+
+
+class C2f(nn.Module):
+    """YOLOv8 C2f: split, chain `depth` bottlenecks, concatenate every intermediate, project."""
+
+    def __init__(self, in_ch: int, out_ch: int, depth: int = 1) -> None:
+        super().__init__()
+        self.hidden = max(8, out_ch // 2)
+        self.cv1 = ConvBnAct(in_ch, 2 * self.hidden, 1)
+        self.m = nn.ModuleList(
+            Bottleneck(self.hidden, self.hidden, shortcut=False) for _ in range(depth)
+        )
+        self.cv2 = ConvBnAct((2 + depth) * self.hidden, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.cv1(x)
+        ys = [y[:, : self.hidden], y[:, self.hidden :]]
+        for m in self.m:
+            ys.append(m(ys[-1]))
+        return self.cv2(torch.cat(ys, dim=1))
+
+
+class RepConv(nn.Module):
+    """RepVGG block: 3x3+BN, 1x1+BN and (same width) identity BN branches, summed, then SiLU.
+
+    `reparameterize()` folds all branches into one 3x3 conv with bias for deployment.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.in_ch, self.out_ch = in_ch, out_ch
+        self.conv3 = ConvBnAct(in_ch, out_ch, 3, act=False)
+        self.conv1 = ConvBnAct(in_ch, out_ch, 1, act=False)
+        self.identity = nn.BatchNorm2d(in_ch) if in_ch == out_ch else None
+        self.fused: nn.Conv2d | None = None
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.act(self.fused(x))
+        y = self.conv3(x) + self.conv1(x)
+        if self.identity is not None:
+            y = y + self.identity(x)
+        return self.act(y)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Replace the branches by a single equivalent 3x3 conv (eval-mode BN statistics)."""
+        w3, b3 = _fold_bn(self.conv3.conv.weight, self.conv3.bn)
+        w1, b1 = _fold_bn(self.conv1.conv.weight, self.conv1.bn)
+        weight = w3 + F.pad(w1, (1, 1, 1, 1))
+        bias = b3 + b1
+        if self.identity is not None:
+            eye = torch.zeros_like(w3)
+            eye[torch.arange(self.in_ch), torch.arange(self.in_ch), 1, 1] = 1.0
+            wi, bi = _fold_bn(eye, self.identity)
+            weight, bias = weight + wi, bias + bi
+        self.fused = nn.Conv2d(self.in_ch, self.out_ch, 3, padding=1, bias=True)
+        self.fused.weight.copy_(weight)
+        self.fused.bias.copy_(bias)
+        del self.conv3, self.conv1, self.identity
+        self.identity = None
+
+
+def _fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold eval-mode BatchNorm into the preceding bias-free conv's weight and a bias."""
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    return weight * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+class Aspp(nn.Module):
+    """Atrous spatial pyramid: parallel 1x1 and dilated 3x3 convs (rates 1, 2, 3), concat, project."""
+
+    rates = (1, 2, 3)
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        hidden = max(8, out_ch // 2)
+        self.branches = nn.ModuleList(
+            [ConvBnAct(in_ch, hidden, 1)]
+            + [ConvBnAct(in_ch, hidden, 3, dilation=r) for r in self.rates]
+        )
+        self.project = ConvBnAct(hidden * (1 + len(self.rates)), out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([b(x) for b in self.branches], dim=1))
+
+
+def make_block(name: str, in_ch: int, out_ch: int, depth: int = 1) -> nn.Module:
+    """Build block `name` repeated `depth` times (C3/C2f take `depth` as their inner repeats)."""
+    if name == "none":
+        return nn.Identity() if in_ch == out_ch else ConvBnAct(in_ch, out_ch, 1, act=False)
+    if name == "csp":
+        return C3(in_ch, out_ch, depth)
+    if name == "c2f":
+        return C2f(in_ch, out_ch, depth)
+    unit = {
+        "conv": lambda i, o: ConvBnAct(i, o, 3),
+        "dwconv": DwConv,
+        "bottleneck": Bottleneck,
+        "repconv": RepConv,
+        "aspp": Aspp,
+    }.get(name)
+    if unit is None:
+        raise ValueError(f"unknown block {name!r}; expected one of {', '.join(BLOCKS)}")
+    return nn.Sequential(*(unit(in_ch if i == 0 else out_ch, out_ch) for i in range(depth)))
