@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m nas_neck.demo
+	@for f in search_spaces/*.yaml; do $(BIN)/nas-neck show $$f --input-size 384 || exit 1; done
+	$(BIN)/nas-neck show search_spaces/nasfpn-free.yaml --sample 5 --input-size 384
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest -q; rc=$$?; \

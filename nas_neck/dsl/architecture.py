@@ -133,7 +133,7 @@ class Architecture:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(self.to_dict(), indent=1)
 
     def save(self, path: str | Path) -> Path:
         """Write YAML (or JSON for a `.json` path); load it back with `load_architecture`."""
@@ -165,12 +165,13 @@ class Architecture:
 
     def short(self) -> str:
         """One line, for tables."""
-        blocks = sorted({f"{n.block}" for n in self.nodes})
-        fuses = sorted({n.fuse for n in self.nodes})
-        widths = sorted({n.width for n in self.nodes})
+        nodes = self.pruned().nodes
+        blocks = sorted({n.block for n in nodes})
+        fuses = sorted({n.fuse for n in nodes})
+        widths = sorted({n.width for n in nodes})
         rep = f" x{self.repeat}" if self.repeat > 1 else ""
         return (
-            f"{len(self.nodes)} nodes{rep}, {'/'.join(fuses)}, {'/'.join(blocks)}, "
+            f"{len(nodes)} nodes{rep}, {'/'.join(fuses)}, {'/'.join(blocks)}, "
             f"w{'/'.join(map(str, widths))}, P{min(self.out_levels)}-P{max(self.out_levels)}"
         )
 
