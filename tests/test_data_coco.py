@@ -157,7 +157,9 @@ def _with_rect(
     arr[y : y + rh, x : x + rw] = 220
     arr[..., 3] = 128  # RGBA: alpha is dropped, colour kept
     im = Image.fromarray(arr, "RGBA")
-    return (im if mode == "RGBA" else im.convert("RGB").convert(mode)), 220 / 255
+    if mode == "P":  # an adaptive palette holds both colours exactly (the web palette would dither)
+        return im.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE), 220 / 255
+    return (im if mode == "RGBA" else im.convert(mode)), 220 / 255
 
 
 @pytest.mark.parametrize(
