@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from nas_neck import cli_options as opt
 from nas_neck.console import console, friendly, setup_logging
-from nas_neck.dsl import Architecture, load_space
+from nas_neck.dsl import Architecture, load_architecture, load_space
 
 app = typer.Typer(
     name="nas-neck",
@@ -108,3 +109,111 @@ def _cost(arch: Architecture, channels: list[int], size: int) -> tuple[int, int]
     neck = GraphNeck(arch, channels)
     inputs = feature_inputs(channels, [2**lvl for lvl in arch.inputs], size)
     return count_params(neck), count_flops(neck, (inputs,))
+
+
+@app.command("train")
+@friendly
+def train_cmd(
+    arch: Path = typer.Option(..., help="Architecture YAML (e.g. search_spaces/pafpn.yaml)."),
+    out: Path = typer.Option(Path("runs/train"), help="Output folder: checkpoint.pt and metrics.json."),
+    data: opt.Data = None,
+    val_data: opt.ValData = None,
+    images: opt.Images = None,
+    input_size: opt.InputSize = 384,
+    backbone: opt.Backbone = "tf_efficientnet_lite0",
+    backbone_weights: opt.BackboneWeights = "auto",
+    epochs: opt.Epochs = None,
+    batch_size: opt.BatchSize = None,
+    seed: opt.Seed = 0,
+    threads: opt.Threads = None,
+    cache_dir: opt.CacheDir = None,
+) -> None:
+    """Train one architecture with the proxy recipe; print metrics and latency."""
+    import json
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nas_neck.proxy import ProxyTask
+
+    architecture = load_architecture(arch)
+    config = opt.proxy_config(data, val_data, images, input_size, backbone, backbone_weights, epochs,
+                              batch_size, seed, threads, cache_dir)
+    proxy = ProxyTask(config)
+    proxy.caches(architecture.inputs)
+    cost = proxy.cost(architecture)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(f"training {architecture.name}", total=config.train.epochs)
+        outcome = proxy.run(architecture, on_epoch=lambda e, n, loss: progress.update(
+            task, completed=e, description=f"training {architecture.name}  loss {loss:.3f}"))
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = proxy.save(outcome, out / "checkpoint.pt")
+    result = {"arch": architecture.name, "hash": architecture.hash, **outcome.metrics, **cost,
+              **outcome.timings, "losses": outcome.losses}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    table = Table(title=f"{architecture.name} [{architecture.hash}] on {proxy.val_ann}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "count_mae"):
+        table.add_row(k, f"{outcome.metrics[k]:.4f}")
+    table.add_row("neck latency (ms)", f"{cost['latency_ms']:.2f} @ {cost['latency_threads']} threads")
+    table.add_row("neck+head latency (ms)", f"{cost['latency_head_ms']:.2f}")
+    table.add_row("neck GFLOPs (2/MAC)", f"{cost['gflops']:.3f}")
+    table.add_row("neck params (M)", f"{cost['mparams']:.3f}")
+    table.add_row("train / eval (s)", f"{outcome.timings['train_s']:.1f} / {outcome.timings['eval_s']:.1f}")
+    console.print(table)
+    console.print(f"checkpoint: {ckpt}\nmetrics:    {out / 'metrics.json'}")
+
+
+@app.command()
+@friendly
+def search(
+    space: Path = typer.Option(Path("search_spaces/pafpn-family.yaml"), help="Search space YAML."),
+    trials: int = typer.Option(8, help="Trials to finish (baselines included); rerunning resumes."),
+    objectives: str = typer.Option("map,latency", help="ACCURACY,COST: map|ap50|ap75|ap_small|... and latency|flops|params."),
+    max_latency_ms: float | None = typer.Option(None, help="Latency budget of the neck: slower candidates are infeasible, never trained."),
+    sampler: str = typer.Option("tpe", help="tpe | nsga2 | random | gp."),
+    study: str | None = typer.Option(None, help="Study name (default: the space's name)."),
+    storage: str = typer.Option("sqlite:///nas.db", help="Optuna storage URL, or journal:PATH for many workers."),
+    tracking_uri: str = typer.Option("sqlite:///mlflow.db", help="MLflow tracking URI (a server URL on a cluster)."),
+    baselines: str = typer.Option("fpn,pafpn,bifpn", help="Classic necks evaluated with the same budget ('' for none)."),
+    out: Path = typer.Option(Path("runs"), help="Folder for checkpoints and plots."),
+    data: opt.Data = None,
+    val_data: opt.ValData = None,
+    images: opt.Images = None,
+    input_size: opt.InputSize = 384,
+    backbone: opt.Backbone = "tf_efficientnet_lite0",
+    backbone_weights: opt.BackboneWeights = "auto",
+    epochs: opt.Epochs = None,
+    batch_size: opt.BatchSize = None,
+    seed: opt.Seed = 0,
+    threads: opt.Threads = None,
+    cache_dir: opt.CacheDir = None,
+) -> None:
+    """Multi-objective neck search (accuracy vs cost) with Optuna, tracked in MLflow."""
+    from nas_neck.proxy import ProxyTask
+    from nas_neck.search.progress import SearchProgress
+    from nas_neck.search.runner import SearchSettings, run_search
+
+    acc, _, cost = objectives.partition(",")
+    settings = SearchSettings(
+        space=space, study=study, storage=storage, tracking_uri=tracking_uri, trials=trials,
+        accuracy=acc.strip(), cost=cost.strip(), max_latency_ms=max_latency_ms, sampler=sampler,
+        seed=seed, baselines=[b.strip() for b in baselines.split(",") if b.strip()], out_dir=out,
+    )
+    _ = settings.objectives  # validates --objectives before the (slow) data set-up
+    load_space(space)
+    config = opt.proxy_config(data, val_data, images, input_size, backbone, backbone_weights, epochs,
+                              batch_size, seed, threads, cache_dir)
+    proxy = ProxyTask(config)
+    with SearchProgress(console, settings.trials, config.train.epochs) as progress:
+        try:
+            study_ = run_search(settings, proxy, progress.hooks, progress.on_trial_end)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print("[yellow]interrupted[/]: finished trials are saved; rerun the same command to resume.")
+            raise typer.Exit(130) from None
+    from nas_neck.search.report import front_table
+
+    console.print(front_table(study_, settings.objectives))
+    console.print(f"study [bold]{study_.study_name}[/] in {storage}; MLflow: mlflow ui --backend-store-uri {tracking_uri}")

@@ -32,7 +32,7 @@ class _NodeModule(nn.Module):
         self.block = make_block(node.block, fused_ch, node.width, node.depth)
 
     def forward(self, xs: list[torch.Tensor], ref: torch.Tensor | None) -> torch.Tensor:
-        return self.block(self.fuse([edge(x, ref) for edge, x in zip(self.edges, xs)]))
+        return self.block(self.fuse([edge(x, ref) for edge, x in zip(self.edges, xs, strict=True)]))
 
 
 class _Cell(nn.Module):
@@ -65,7 +65,7 @@ class _Cell(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         values = list(feats)
-        for module, ins, ref in zip(self.nodes, self.in_slots, self.ref_slots):
+        for module, ins, ref in zip(self.nodes, self.in_slots, self.ref_slots, strict=True):
             values.append(module([values[i] for i in ins], values[ref] if ref >= 0 else None))
         return [values[i] for i in self.out_slots]
 
@@ -87,7 +87,7 @@ class GraphNeck(nn.Module):
         super().__init__()
         if len(in_channels) != len(arch.inputs):
             raise NasNeckError(
-                f"architecture {arch.name!r} reads levels {['P%d' % x for x in arch.inputs]} but "
+                f"architecture {arch.name!r} reads levels {[f'P{x}' for x in arch.inputs]} but "
                 f"the backbone gives {len(in_channels)} feature maps"
             )
         if in_strides is not None and list(in_strides) != [2**lvl for lvl in arch.inputs]:
@@ -109,7 +109,7 @@ class GraphNeck(nn.Module):
         for _ in range(arch.repeat):
             cell = _Cell(self.arch, cell_ch)
             self.cells.append(cell)
-            by_level = dict(zip(cell.out_levels, cell.out_channels))
+            by_level = dict(zip(cell.out_levels, cell.out_channels, strict=True))
             cell_ch = [by_level.get(lvl, 0) for lvl in arch.cell_levels]
         self._carry = [cell.out_levels.index(lvl) for lvl in arch.cell_levels] if arch.repeat > 1 else []
         self.out_levels: list[int] = list(self.cells[-1].out_levels)

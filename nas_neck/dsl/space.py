@@ -29,7 +29,14 @@ from typing import Any
 from nas_neck.dsl.architecture import Architecture, Node
 from nas_neck.dsl.domain import Domain, Fixed, IntRange
 from nas_neck.dsl.sampling import FixedSampler, RandomSampler, Sampler
-from nas_neck.dsl.schema import NODE_FIELDS, DefaultsSpec, SpaceSpec, is_fixed, parse_spec, read_spec
+from nas_neck.dsl.schema import (
+    NODE_FIELDS,
+    DefaultsSpec,
+    SpaceSpec,
+    is_fixed,
+    parse_spec,
+    read_spec,
+)
 from nas_neck.errors import SpaceError
 
 _BUILTIN = {"fuse": "sum", "block": "conv", "depth": 1, "upsample": "nearest", "downsample": "conv"}

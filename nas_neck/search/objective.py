@@ -1,0 +1,170 @@
+"""One trial of the search: sample, dedupe, measure, (maybe) train, evaluate, record.
+
+The same objective serves the local loop, worker processes and Ray Tune: it needs only an Optuna
+trial, a `ProxyTask` and a `Tracker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from nas_neck.dsl import Architecture, OptunaSampler, SearchSpace, load_architecture
+from nas_neck.search.study import Objectives
+from nas_neck.search.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+BASELINES_DIR = Path(__file__).parents[2] / "search_spaces"
+_COST_ATTR = {"latency": "latency_ms", "flops": "gflops", "params": "mparams"}
+_DUPLICATE_POLL_S = 2.0
+
+
+@dataclass
+class Hooks:
+    """Callbacks for a progress display (all optional)."""
+
+    trial_start: Callable[[int, Architecture], None] = lambda n, arch: None
+    epoch: Callable[[int, int, float], None] = lambda epoch, total, loss: None
+
+
+@dataclass
+class Objective:
+    """Callable objective for `study.optimize`; returns (accuracy, cost)."""
+
+    space: SearchSpace
+    proxy: Any  # nas_neck.proxy.ProxyTask
+    tracker: Tracker
+    parent_run_id: str
+    objectives: Objectives = field(default_factory=Objectives)
+    max_latency_ms: float | None = None
+    out_dir: Path = Path("runs")
+    hooks: Hooks = field(default_factory=Hooks)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        arch = self._architecture(trial)
+        digest = arch.hash
+        trial.set_user_attr("arch_hash", digest)
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("summary", arch.short())
+        self.hooks.trial_start(trial.number, arch)
+        run_id = self.tracker.trial_run(
+            self.parent_run_id, trial.number,
+            tags={"arch_hash": digest, "baseline": trial.user_attrs.get("baseline", "")},
+        )
+        trial.set_user_attr("mlflow_run_id", run_id)
+        self.tracker.set_tags(run_id, {"optuna.trial_number": trial.number, "optuna.study": trial.study.study_name})
+        self.tracker.log_params(run_id, {"arch_hash": digest, **_flatten(arch)})
+        self.tracker.log_text(run_id, arch.to_yaml(), "architecture.yaml")
+        try:
+            values = self._evaluate(trial, arch, digest, run_id)
+        except BaseException as e:
+            reason = _reason(e)
+            interrupted = not isinstance(e, Exception)
+            if not interrupted:
+                trial.set_user_attr("fail_reason", reason)
+            self.tracker.set_tags(run_id, {"fail_reason": reason})
+            self.tracker.end(run_id, "KILLED" if interrupted else "FAILED")
+            log.warning("trial %d failed: %s", trial.number, reason)
+            raise
+        self.tracker.end(run_id)
+        return values
+
+    # ---- steps -------------------------------------------------------------------------------
+    def _architecture(self, trial: optuna.Trial) -> Architecture:
+        baseline = trial.user_attrs.get("baseline")
+        if baseline:
+            return load_architecture(BASELINES_DIR / f"{baseline}.yaml")
+        return self.space.sample(OptunaSampler(trial))
+
+    def _evaluate(self, trial: optuna.Trial, arch: Architecture, digest: str, run_id: str) -> tuple[float, float]:
+        original = self._find_original(trial, digest)
+        if original is not None:
+            return self._reuse(trial, original, run_id)
+        cost = self.proxy.cost(arch)
+        self._record(trial, run_id, cost)
+        cost_value = cost[_COST_ATTR[self.objectives.cost]]
+        if self.max_latency_ms is not None:
+            excess = cost["latency_ms"] - self.max_latency_ms
+            trial.set_constraint("latency", excess)
+            if excess > 0:
+                trial.set_user_attr("infeasible", True)
+                self.tracker.set_tags(run_id, {"infeasible": "true"})
+                log.info("trial %d: %.2f ms is over the %.2f ms budget; not trained",
+                         trial.number, cost["latency_ms"], self.max_latency_ms)
+                return 0.0, cost_value
+        outcome = self.proxy.run(arch, on_epoch=lambda e, n, loss: self.hooks.epoch(e, n, loss))
+        self._record(trial, run_id, {**outcome.metrics, **outcome.timings})
+        self.tracker.log_series(run_id, "train_loss", outcome.losses)
+        trial.set_user_attr("losses", outcome.losses)
+        ckpt = self.proxy.save(outcome, self.out_dir / trial.study.study_name / f"trial-{trial.number:04d}.pt")
+        trial.set_user_attr("checkpoint", str(ckpt.resolve()))
+        self.tracker.log_artifact(run_id, ckpt, "checkpoint")
+        return outcome.metrics[self.objectives.accuracy], cost_value
+
+    def _record(self, trial: optuna.Trial, run_id: str, values: dict[str, Any]) -> None:
+        for k, v in values.items():
+            trial.set_user_attr(k, v)
+        self.tracker.log_metrics(run_id, {k: v for k, v in values.items() if isinstance(v, int | float)})
+
+    def _find_original(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
+        """An earlier trial of the same architecture: a finished one, or one still running
+        elsewhere (waited for, so no architecture is trained twice)."""
+        while True:
+            same = [
+                t for t in trial.study.get_trials(deepcopy=False)
+                if t.number != trial.number and t.user_attrs.get("arch_hash") == digest
+                and "duplicate_of" not in t.user_attrs
+            ]
+            done = [t for t in same if t.state == TrialState.COMPLETE]
+            if done:
+                return min(done, key=lambda t: t.number)
+            running = [t for t in same if t.state == TrialState.RUNNING and t.number < trial.number]
+            if not running:
+                return None
+            time.sleep(_DUPLICATE_POLL_S)
+
+    def _reuse(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, run_id: str) -> tuple[float, float]:
+        keep = {k: v for k, v in original.user_attrs.items()
+                if k not in ("baseline", "mlflow_run_id", "arch", "summary", "arch_hash")}
+        for k, v in keep.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("duplicate_of", original.number)
+        for value in original.constraints or []:
+            trial.set_constraint("latency", value)
+        self.tracker.set_tags(run_id, {"duplicate_of": original.number})
+        self.tracker.log_metrics(run_id, {k: v for k, v in keep.items() if isinstance(v, int | float)})
+        log.info("trial %d repeats trial %d's architecture; reusing its result", trial.number, original.number)
+        return tuple(original.values)  # type: ignore[return-value]
+
+
+def _flatten(arch: Architecture) -> dict[str, Any]:
+    """Architecture as flat MLflow params (`N3.fuse`, `width`, ...)."""
+    flat: dict[str, Any] = {"arch.name": arch.name, "arch.width": arch.width, "arch.repeat": arch.repeat,
+                            "arch.inputs": ",".join(f"P{x}" for x in arch.inputs),
+                            "arch.outputs": ",".join(f"P{x}" for x in arch.out_levels)}
+    for n in arch.pruned().nodes:
+        flat[f"arch.{n.name}"] = (f"P{n.level}<-{'+'.join(n.inputs)} {n.fuse} {n.block}x{n.depth} w{n.width}")
+    return flat
+
+
+def _reason(e: BaseException) -> str:
+    """A short, useful failure reason (out of memory and divergence named as such)."""
+    import torch
+
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(e, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(e).lower():
+        return f"out of memory: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}"
+    from nas_neck.detect.trainer import TrainingDiverged
+
+    if isinstance(e, TrainingDiverged):
+        return f"diverged: {e}"
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"

@@ -1,0 +1,53 @@
+"""Terminal progress of a search: trials done / N with ETA, and the current trial's epochs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from nas_neck.dsl import Architecture
+from nas_neck.search.objective import Hooks
+from nas_neck.search.study import finished_count
+
+
+class SearchProgress:
+    """Context manager owning a rich Progress; hands out `hooks` and `on_trial_end` callbacks."""
+
+    def __init__(self, console: Console, trials: int, epochs: int) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+        )
+        self._trials = self._progress.add_task("trials", total=trials)
+        self._epochs = self._progress.add_task("  waiting", total=epochs)
+        self.hooks = Hooks(trial_start=self._trial_start, epoch=self._epoch)
+
+    def __enter__(self) -> SearchProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.stop()
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+    def _trial_start(self, number: int, arch: Architecture) -> None:
+        self._progress.update(self._epochs, completed=0, description=f"  trial {number}: {arch.name} {arch.hash}")
+
+    def _epoch(self, epoch: int, total: int, loss: float) -> None:
+        desc = self._progress.tasks[self._epochs].description.split("  loss")[0]
+        self._progress.update(self._epochs, completed=epoch, total=total, description=f"{desc}  loss {loss:.3f}")
+
+    def on_trial_end(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._progress.update(self._trials, completed=finished_count(study))
