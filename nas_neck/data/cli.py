@@ -1,0 +1,121 @@
+"""`nas-neck data ...`: draw synthetic plates, check COCO datasets, convert AGAR."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from nas_neck.console import console, friendly
+from nas_neck.data.agar import convert_agar
+from nas_neck.data.coco import CheckReport, check_coco
+from nas_neck.data.synth import (
+    DEFAULT_SEED,
+    DEFAULT_SIZE,
+    DEFAULT_TRAIN,
+    DEFAULT_VAL,
+    generate_synthetic,
+)
+from nas_neck.errors import DataError
+
+app = typer.Typer(
+    help="Datasets: draw synthetic colony plates, check COCO files, convert AGAR.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_ANNOTATION_NAMES = ("annotations.json", "train.json", "val.json")
+
+
+@app.command()
+@friendly
+def synth(
+    out: Path = typer.Option(
+        Path("data/synthetic-colonies"), help="Output folder (reused if already drawn)."
+    ),
+    train: int = typer.Option(DEFAULT_TRAIN, help="Training plates."),
+    val: int = typer.Option(DEFAULT_VAL, help="Validation plates."),
+    size: int = typer.Option(
+        DEFAULT_SIZE, help="Image side in pixels (colony sizes scale with it)."
+    ),
+    seed: int = typer.Option(DEFAULT_SEED, help="Seed: same seed, same bytes."),
+) -> None:
+    """Draw synthetic petri-dish photos with COCO box annotations."""
+    start = time.perf_counter()
+    paths = generate_synthetic(out, train, val, size, seed)
+    console.print(
+        f"{train} + {val} plates at {size} px in [bold]{paths.root}[/] ({time.perf_counter() - start:.1f} s)\n"
+        f"  train: {paths.train_ann}\n  val:   {paths.val_ann}\n  images: {paths.image_dir}",
+        highlight=False,
+    )
+
+
+@app.command()
+@friendly
+def check(
+    path: Path = typer.Argument(
+        ..., help="A COCO annotation file, or a folder with annotations/train/val.json."
+    ),
+    images: Path | None = typer.Option(
+        None, help="Image folder (default: next to the annotations, or images/)."
+    ),
+) -> None:
+    """Validate COCO annotations and decode every image; exit code 1 if anything is an error."""
+    failed = False
+    for ann_file in _annotation_files(path):
+        report = check_coco(ann_file, images)
+        status = "[green]ok[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]"
+        console.print(
+            f"[bold]{report.ann_file}[/]: {report.n_images} images, {report.n_annotations} annotations, "
+            f"{len(report.categories)} categories: {status}, {len(report.warnings)} warning(s)",
+            highlight=False,
+        )
+        if report.issues:
+            console.print(_issue_table(report))
+        failed |= not report.ok
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("convert-agar")
+@friendly
+def convert_agar_cmd(
+    src: Path = typer.Argument(..., help="AGAR folder: <id>.jpg next to <id>.json."),
+    out: Path = typer.Argument(..., help="Output folder for train.json, val.json and images/."),
+    val_fraction: float = typer.Option(0.2, help="Share of photos in the validation split."),
+    seed: int = typer.Option(0, help="Seed of the split."),
+    copy: bool = typer.Option(False, help="Copy the images instead of symlinking them."),
+) -> None:
+    """Convert the AGAR dataset (one JSON per photo) to COCO with a seeded train/val split."""
+    result = convert_agar(src, out, val_fraction=val_fraction, seed=seed, copy=copy)
+    console.print(
+        f"{result.n_train} train + {result.n_val} val photos, {len(result.categories)} classes "
+        f"({', '.join(result.categories)})\n  train: {result.train_ann}\n  val:   {result.val_ann}",
+        highlight=False,
+    )
+    for reason, n in sorted(result.skipped.items()):
+        console.print(f"[yellow]skipped {n} photo(s): {reason.replace('_', ' ')}[/]")
+
+
+def _annotation_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    found = [path / name for name in _ANNOTATION_NAMES if (path / name).is_file()]
+    if not found:
+        raise DataError(f"{path}: no {', '.join(_ANNOTATION_NAMES)} in this folder")
+    return found
+
+
+def _issue_table(report: CheckReport) -> Table:
+    table = Table()
+    for column in ("severity", "issue", "count", "first occurrence"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    for (severity, code), n in sorted(report.counts().items()):
+        colour = "red" if severity == "error" else "yellow"
+        first = next(i.message for i in report.issues if i.code == code)
+        table.add_row(f"[{colour}]{severity}[/]", code, str(n), first)
+    return table
