@@ -10,9 +10,10 @@ the neck serves it best, and no level-specific constants are needed.
 Plain TAL gives a box no positive at all when no point centre falls inside it, which happens for
 colonies smaller than the stride (a 3x3 px colony on a stride-8 grid). So the point nearest to
 each box centre (over all levels; ties go to the finer level) is always a candidate, and a box
-left with no positive after conflicts are resolved is given its best candidate outright. Two
-boxes whose only candidate is the same point (two colonies of a few pixels within one cell of
-the finest level) cannot both be represented by one point; the one with the higher IoU keeps it.
+left with no positive after conflicts are resolved (a point claimed by several boxes goes to the
+one its prediction overlaps most) takes its best candidate back. Only boxes that need the same
+single point (two colonies of a few pixels within one cell of the finest level) can still end
+up without a positive: one point cannot represent two boxes.
 
 Ground truth is flattened over the batch (no padding to the largest M), and the point-in-box
 test runs in chunks, so dense plates with hundreds of colonies stay within memory.
