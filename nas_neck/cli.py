@@ -217,3 +217,7 @@ def search(
 
     console.print(front_table(study_, settings.objectives))
     console.print(f"study [bold]{study_.study_name}[/] in {storage}; MLflow: mlflow ui --backend-store-uri {tracking_uri}")
+
+from nas_neck.cli_pareto import pareto  # noqa: E402
+
+app.command()(pareto)
