@@ -58,16 +58,16 @@ DEFAULT_VAL = 60
 DEFAULT_SEED = 0
 COLONIES_PER_PLATE = (15, 40)
 
-_VERSION = 1  # bump when rendering changes: the manifest then no longer matches and data is redrawn
+_VERSION = 2  # bump when rendering changes: the manifest then no longer matches and data is redrawn
 _MANIFEST = "manifest.json"
 _REF = 512.0  # sizes below are in pixels of a 512 px image and scale with the image size
 
 # radius range (log-uniform), colour (RGB in [0, 1]) per species
 _RADIUS = {
-    "round": (3.5, 15.0),
-    "irregular": (6.0, 22.0),
-    "spreading": (11.0, 32.0),
-    "glossy": (3.0, 9.5),
+    "round": (4.5, 18.0),
+    "irregular": (7.5, 26.0),
+    "spreading": (13.0, 38.0),
+    "glossy": (4.0, 11.5),
 }
 _COLOUR = {
     "round": (0.93, 0.89, 0.77),
@@ -348,7 +348,7 @@ class _Plate:
             )
         lo, hi = np.array([_RADIUS[SPECIES[k]] for k in species]).T
         radii = np.exp(rng.uniform(np.log(lo), np.log(hi))) * u
-        radii *= np.where(rng.random(n) < 0.2, rng.uniform(0.45, 0.7, n), 1.0)  # young colonies
+        radii *= np.where(rng.random(n) < 0.15, rng.uniform(0.45, 0.7, n), 1.0)  # young colonies
         radii = np.maximum(radii, 1.6)
         order = np.argsort(-radii, kind="stable")  # big first, so small colonies lie on top
         plate_colour = {k: _jitter(rng, _COLOUR[SPECIES[k]], 0.04) for k in present}
