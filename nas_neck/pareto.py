@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import html
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,7 +217,7 @@ def write_report(
                     for d in sets},
     }
     log.debug("Pareto report of %s: %d front trials, hypervolume %.4g; wrote %s, %s, %s",
-             main.name, len(main.front), report["hypervolume"], png, page, table)
+              main.name, len(main.front), report["hypervolume"], png, page, table)
     return report
 
 
@@ -239,10 +240,10 @@ def log_to_mlflow(study: optuna.Study, report: dict[str, Any], tracking_uri: str
                            "pass the --tracking-uri the search used") from None
     for key in ("png", "html", "table"):
         client.log_artifact(run_id, str(report[key]), "pareto")
-    tag = f"{report['y']}-{report['x']}"
-    metrics = [Metric(f"pareto.hypervolume.{tag}", report["hypervolume"], 0, 0)]
+    tag, now = f"{report['y']}-{report['x']}", int(time.time() * 1000)
+    metrics = [Metric(f"pareto.hypervolume.{tag}", report["hypervolume"], now, 0)]
     if report["baselines_dominated"] is not None:
-        metrics.append(Metric(f"pareto.baselines_dominated.{tag}", report["baselines_dominated"], 0, 0))
+        metrics.append(Metric(f"pareto.baselines_dominated.{tag}", report["baselines_dominated"], now, 0))
     tags = {f"pareto.ref.{tag}": f"{report['ref'][0]:.6g},{report['ref'][1]:.6g}",
             f"pareto.front.{tag}": ",".join(map(str, report["front"])),
             f"pareto.knee.{tag}": str(report["knee"])}
@@ -323,7 +324,7 @@ def _best_under(data: _Trials, max_latency_ms: float) -> int | None:
             if (lat := _number(data.trials[i].user_attrs.get("latency_ms"))) is not None and lat <= max_latency_ms]
     if not cand:
         return None
-    return min(cand, key=lambda i: (-data.xy[i, 1], data.trials[i].user_attrs["latency_ms"], data.trials[i].number))
+    return int(min(cand, key=lambda i: (-data.xy[i, 1], data.trials[i].user_attrs["latency_ms"], data.trials[i].number)))
 
 
 def _baselines(data: _Trials) -> tuple[list[str], list[str], list[str]]:
@@ -451,7 +452,7 @@ def _plot_png(view: _View, labels: tuple[str, str], path: Path) -> Path:
             ax.step(*d.xy[d.front].T, where="post", color=color, lw=1.6, label=f"Pareto front{suffix}", zorder=3)
         for i in np.flatnonzero(d.is_baseline):
             ok = bool(d.feasible[i])
-            ax.annotate(d.baseline[i], d.xy[i], xytext=(5, -10) if ok else (4, 6), textcoords="offset points",
+            ax.annotate(d.baseline[i], d.xy[i], xytext=(8, -13) if ok else (4, 6), textcoords="offset points",
                         fontsize=8, color="black" if ok else _INFEASIBLE_COLOR)
     infeasible = np.concatenate([d.xy[~d.feasible] for d in view.sets])
     if len(infeasible):
@@ -523,7 +524,7 @@ def _plot_html(view: _View, labels: tuple[str, str], path: Path) -> Path:
         fig.add_vline(x=view.max_latency_ms, line=dict(color=_BUDGET_COLOR, dash="dash", width=1),
                       annotation_text=f"budget {view.max_latency_ms:g} ms", annotation_position="top right")
     fig.update_layout(
-        title=dict(text=f"{view.title()}<br><sup>{html.escape(view.subtitle())}</sup>"),
+        title=dict(text=f"{html.escape(view.title())}<br><sup>{html.escape(view.subtitle())}</sup>"),
         xaxis_title=labels[0], yaxis_title=labels[1], template="plotly_white", hovermode="closest",
     )
     fig.write_html(path, include_plotlyjs=True, full_html=True)
