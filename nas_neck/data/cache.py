@@ -116,16 +116,15 @@ class FeatureCache:
         for view in views:
             key = _key(fingerprints, dataset.size, view)
             path = root / f"{name}-{dataset.size}-v{view}-{key}"
-            if not _is_valid(path, key):
+            if _is_valid(path, key):
+                _logger.debug("feature cache hit: %s", path)
+            else:
                 with _locked(root / f"{path.name}.lock"):
-                    if not _is_valid(
-                        path, key, warn=True
-                    ):  # another process may have built it meanwhile
+                    # re-check under the lock: another process may have built it meanwhile
+                    if not _is_valid(path, key, warn=True):
                         _build_view(
                             dataset, backbone, view, path, key, fingerprints, batch_size, progress
                         )
-            else:
-                _logger.debug("feature cache hit: %s", path)
             paths.append(path)
         return cls(paths, views)
 
@@ -195,8 +194,13 @@ def _key(fingerprints: dict[str, str], size: int, view: int) -> str:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` across processes (released if the holder dies)."""
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _logger.info("waiting for another process building %s", path.with_suffix(""))
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
