@@ -52,7 +52,7 @@ def test_broken_json_names_file_and_position(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"annotations\.json: invalid JSON at line 2 column 12"):
         CocoDetection(path)
     report = check_coco(path)
-    assert not report.ok and report.errors[0].code == "unreadable_json"
+    assert not report.ok and report.errors[0].code == "bad_annotation_file"
 
 
 def test_missing_image_is_named(tmp_path: Path) -> None:

@@ -306,17 +306,21 @@ def _build_view(
     if path.exists():
         shutil.rmtree(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=root))
+    tmp.chmod(
+        0o755
+    )  # mkdtemp makes it private; the cache is shared by every process on the machine
     n = len(dataset)
     _logger.info("caching backbone features of %d images (view %s) in %s", n, VIEWS[view], path)
     device = _device_of(backbone)
+    console = Console(stderr=True)
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
-        disable=not progress,
+        disable=not (progress and console.is_terminal),  # no stray lines in logs and pipes
     )
     try:
         maps: list[np.ndarray] = []

@@ -178,13 +178,13 @@ def check_coco(
 ) -> CheckReport:
     """Validate a COCO annotation file and its images; with `open_images`, decode every image.
 
-    Broken JSON is reported as an error issue rather than raised.
+    An unreadable or non-COCO annotation file is reported as an error issue rather than raised.
     """
     try:
         parsed = _parse(Path(ann_file), image_dir, open_images=open_images)
     except DataError as e:
         report = CheckReport(Path(ann_file), Path(image_dir or Path(ann_file).parent))
-        report.issues.append(Issue("error", "unreadable_json", str(e)))
+        report.issues.append(Issue("error", "bad_annotation_file", str(e)))
         return report
     return parsed.report
 
