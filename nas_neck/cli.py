@@ -221,3 +221,8 @@ def search(
 from nas_neck.cli_pareto import pareto  # noqa: E402
 
 app.command()(pareto)
+
+
+from nas_neck.cli_export import export  # noqa: E402
+
+app.command()(export)

@@ -127,7 +127,7 @@ def train(
             schedule.step()
             step += 1
             for k in sums:
-                sums[k] += float(loss[k])
+                sums[k] += float(loss[k].detach())
         losses.append(sums["loss"] / per_epoch)
         for k in parts:
             parts[k].append(sums[k] / per_epoch)

@@ -137,8 +137,8 @@ class Objective:
         for k, v in keep.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("duplicate_of", original.number)
-        for value in original.constraints or []:
-            trial.set_constraint("latency", value)
+        for key, value in (original.constraints or {}).items():
+            trial.set_constraint(key, value)
         self.tracker.set_tags(run_id, {"duplicate_of": original.number})
         self.tracker.log_metrics(run_id, {k: v for k, v in keep.items() if isinstance(v, int | float)})
         log.info("trial %d repeats trial %d's architecture; reusing its result", trial.number, original.number)

@@ -9,11 +9,13 @@ the grace period and re-queued once with the same parameters.
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -25,8 +27,11 @@ DEFAULT_STORAGE = "sqlite:///nas.db"
 ACCURACY_METRICS = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 COST_METRICS = ("latency", "flops", "params")
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
-HEARTBEAT_S = 10
-GRACE_S = 60
+
+def _heartbeat() -> tuple[int, int]:
+    """(interval, grace) in seconds; env NAS_NECK_HEARTBEAT_S / NAS_NECK_GRACE_S override."""
+    interval = int(os.environ.get("NAS_NECK_HEARTBEAT_S", 10))
+    return interval, int(os.environ.get("NAS_NECK_GRACE_S", 6 * interval))
 
 
 @dataclass(frozen=True)
@@ -66,13 +71,16 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         raise NasNeckError(f"--storage: expected a database URL (sqlite:///nas.db, postgresql://...) "
                            f"or a journal file (journal:PATH), got {url!r}")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    return RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-    )
+    interval, grace = _heartbeat()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=interval,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -98,7 +106,9 @@ def open_study(name: str, storage: str, objectives: Objectives, sampler: str = "
         load_if_exists=True,
     )
     if study.metric_names is None:
-        study.set_metric_names(objectives.names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(objectives.names)
     elif list(study.metric_names) != objectives.names:
         raise NasNeckError(
             f"study {name!r} in {storage} optimizes {study.metric_names}, not {objectives.names}; "
@@ -120,4 +130,4 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def feasible(trial: FrozenTrial) -> bool:
-    return all(v <= 0 for v in trial.constraints or [])
+    return all(v <= 0 for v in (trial.constraints or {}).values())
