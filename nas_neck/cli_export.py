@@ -1,0 +1,198 @@
+"""`nas-neck export`: the chosen neck of a search, or a hand-trained one, as a standalone module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from nas_neck.console import console, friendly
+from nas_neck.errors import NasNeckError
+
+
+@friendly
+def export(
+    out: Path = typer.Option(..., help="Output folder (created; files in it are replaced)."),
+    study: str | None = typer.Option(
+        None, help="Study to export a trial of (pick it with --trial, --knee or --max-latency-ms)."
+    ),
+    storage: str = typer.Option(
+        "sqlite:///nas.db", help="Optuna storage URL of --study, or journal:PATH."
+    ),
+    trial: int | None = typer.Option(None, help="Export this trial number of --study."),
+    knee: bool = typer.Option(
+        False, "--knee", help="Export the knee of the study's mAP-vs-latency front."
+    ),
+    max_latency_ms: float | None = typer.Option(
+        None, help="Export the most accurate trial of --study whose neck latency is at most this."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, help="Checkpoint of a hand-trained neck (`nas-neck train` writes checkpoint.pt)."
+    ),
+    arch: Path | None = typer.Option(
+        None, help="Architecture YAML of --checkpoint; checked against the one it holds."
+    ),
+    fuse: bool = typer.Option(
+        False, "--fuse", help="Fold BatchNorm into the convs and re-parameterize RepConv blocks."
+    ),
+    onnx: bool = typer.Option(
+        False,
+        "--onnx",
+        help="Also write neck.onnx (dynamic batch and sides), checked in onnxruntime.",
+    ),
+    torchscript: bool = typer.Option(
+        False, "--torchscript", help="Also write a traced neck.torchscript.pt."
+    ),
+) -> None:
+    """Export a neck as standalone PyTorch source, weights, genotype and README (and ONNX)."""
+    from nas_neck.detect.trainer import load_checkpoint
+    from nas_neck.dsl import load_architecture
+    from nas_neck.export import export_neck
+
+    if study is None and (trial is not None or knee or max_latency_ms is not None):
+        raise NasNeckError(
+            "--trial, --knee and --max-latency-ms pick a trial of --study; pass --study too"
+        )
+    if study is not None:
+        if checkpoint is not None or arch is not None:
+            raise NasNeckError(
+                "pass either --study (with --trial, --knee or --max-latency-ms) or --checkpoint, not both"
+            )
+        chosen = _choose_trial(study, storage, trial, knee, max_latency_ms)
+        checkpoint = _trial_checkpoint(chosen)
+        attrs, origin = chosen.user_attrs, f"trial {chosen.number} of study {study}"
+    elif checkpoint is not None:
+        attrs, origin = _sibling_metrics(checkpoint), f"checkpoint {checkpoint}"
+    else:
+        raise NasNeckError(
+            "nothing to export: pass --study NAME with --trial N, --knee or --max-latency-ms X, "
+            "or --checkpoint FILE (with --arch FILE)"
+        )
+    if not Path(checkpoint).is_file():
+        raise NasNeckError(f"{checkpoint}: no such checkpoint file")
+    model, trained_arch, meta = load_checkpoint(checkpoint)
+    if arch is not None and (given := load_architecture(arch)).hash != trained_arch.hash:
+        raise NasNeckError(
+            f"{arch} is architecture {given.hash}, but {checkpoint} holds {trained_arch.hash} "
+            f"({trained_arch.name}); pass the matching --arch or leave it out"
+        )
+    info = _search_info(attrs, meta, origin)
+    what = escape(f"{trained_arch.name} [{trained_arch.hash}]")
+    with console.status(f"exporting {what} to {escape(str(out))}"):
+        report = export_neck(
+            model.neck,
+            out,
+            info=info,
+            head=model.head,
+            categories=meta.get("category_names"),
+            fuse=fuse,
+            onnx=onnx,
+            torchscript=torchscript,
+            check_size=info.input_size or 384,
+        )
+    console.print(_report_table(report))
+    console.print(
+        f"[green]exported[/] {what} from {escape(origin)} to [bold]{escape(str(out))}[/]; "
+        f"see {escape(str(out / 'README.md'))}"
+    )
+
+
+def _choose_trial(
+    study: str, storage: str, trial: int | None, knee: bool, max_latency_ms: float | None
+) -> Any:
+    """The trial picked by exactly one of --trial, --knee and --max-latency-ms."""
+    if sum([trial is not None, knee, max_latency_ms is not None]) != 1:
+        raise NasNeckError(
+            "with --study, pass exactly one of --trial N, --knee or --max-latency-ms X"
+        )
+    from nas_neck.cli_pareto import _load
+
+    loaded = _load(study, storage)
+    if trial is not None:
+        found = [t for t in loaded.get_trials(deepcopy=False) if t.number == trial]
+        if not found:
+            raise NasNeckError(
+                f"study {study!r} has no trial {trial} (it has {len(loaded.trials)} trials, from 0)"
+            )
+        return found[0]
+    from nas_neck.pareto import best_under, knee_trial
+
+    if knee:
+        return knee_trial(loaded, x="latency", y="map")
+    chosen = best_under(loaded, max_latency_ms, y="map")
+    if chosen is None:
+        raise NasNeckError(
+            f"no feasible complete trial of study {study!r} has a neck latency of at most "
+            f"{max_latency_ms} ms; `nas-neck pareto --study {study}` shows the front"
+        )
+    return chosen
+
+
+def _trial_checkpoint(trial: Any) -> Path:
+    attrs = trial.user_attrs
+    if "checkpoint" in attrs:
+        return Path(attrs["checkpoint"])
+    if attrs.get("infeasible"):
+        why = "it was over the latency budget, so it was never trained"
+    elif "fail_reason" in attrs:
+        why = f"it failed: {attrs['fail_reason']}"
+    else:
+        why = f"it is {trial.state.name.lower()}"
+    raise NasNeckError(f"trial {trial.number} has no checkpoint: {why}")
+
+
+def _sibling_metrics(checkpoint: Path) -> dict[str, Any]:
+    """The metrics.json `nas-neck train` writes beside its checkpoint (latency, FLOPs), if any."""
+    path = Path(checkpoint).with_name("metrics.json")
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _search_info(attrs: dict[str, Any], meta: dict[str, Any], origin: str) -> Any:
+    from nas_neck.export import SearchInfo
+
+    metrics = {
+        **meta.get("metrics", {}),
+        **{k: v for k, v in attrs.items() if isinstance(v, int | float)},
+    }
+    return SearchInfo(
+        map=metrics.get("map"),
+        ap50=metrics.get("ap50"),
+        latency_ms=metrics.get("latency_ms"),
+        latency_threads=metrics.get("latency_threads"),
+        gflops=metrics.get("gflops"),
+        mparams=metrics.get("mparams"),
+        input_size=meta.get("input_size"),
+        backbone=meta.get("backbone"),
+        origin=origin,
+    )
+
+
+def _report_table(report: Any) -> Table:
+    table = Table(title=f"export to {escape(str(report.out_dir))}")
+    table.add_column("file")
+    table.add_column("check")
+    checks = {
+        "neck.py": f"matches the trained neck, max |diff| {report.standalone_diff:.2e}",
+        "neck.onnx": (
+            f"{report.onnx_exporter} exporter; onnxruntime max |diff| "
+            + ", ".join(f"{d:.2e}" for d in report.onnx_diffs.values())
+            + " at two input sizes"
+        ),
+        "neck.torchscript.pt": (
+            "max |diff| "
+            + ", ".join(f"{d:.2e}" for d in report.torchscript_diffs.values())
+            + " at two input sizes"
+        ),
+    }
+    if report.fused_diff is not None:
+        checks["neck.py"] += f"; fused vs unfused max |diff| {report.fused_diff:.2e}"
+    for path in report.files:
+        table.add_row(path.name, checks.get(path.name, ""))
+    return table
