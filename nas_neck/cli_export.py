@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from nas_neck import cli_options as opt
 from nas_neck.console import console, friendly
 from nas_neck.errors import NasNeckError
 
@@ -47,12 +48,34 @@ def export(
     torchscript: bool = typer.Option(
         False, "--torchscript", help="Also write a traced neck.torchscript.pt."
     ),
+    retrain_epochs: int | None = typer.Option(
+        None,
+        min=1,
+        help="Retrain the chosen architecture from scratch for this many epochs (the checkpoint's "
+        "recipe, backbone and input size) and export that; pass the search's --data.",
+    ),
+    data: opt.Data = None,
+    val_data: opt.ValData = None,
+    images: opt.Images = None,
+    backbone_weights: opt.BackboneWeights = "auto",
+    cache_dir: opt.CacheDir = None,
 ) -> None:
     """Export a neck as standalone PyTorch source, weights, genotype and README (and ONNX)."""
     from nas_neck.detect.trainer import load_checkpoint
     from nas_neck.dsl import load_architecture
     from nas_neck.export import export_neck
 
+    training = {
+        "--data": data,
+        "--val-data": val_data,
+        "--images": images,
+        "--cache-dir": cache_dir,
+    }
+    if backbone_weights != "auto":
+        training["--backbone-weights"] = backbone_weights
+    if retrain_epochs is None and any(training.values()):
+        names = ", ".join(k for k, v in training.items() if v)
+        raise NasNeckError(f"{names} only matter with --retrain-epochs")
     if study is None and (trial is not None or knee or max_latency_ms is not None):
         raise NasNeckError(
             "--trial, --knee and --max-latency-ms pick a trial of --study; pass --study too"
@@ -80,6 +103,12 @@ def export(
             f"{arch} is architecture {given.hash}, but {checkpoint} holds {trained_arch.hash} "
             f"({trained_arch.name}); pass the matching --arch or leave it out"
         )
+    if retrain_epochs is not None:
+        sources = {"data": data, "val_data": val_data, "images": images}
+        model, meta = _retrain(
+            trained_arch, meta, retrain_epochs, sources, backbone_weights, cache_dir, out
+        )
+        origin += f", retrained for {retrain_epochs} epochs"
     info = _search_info(attrs, meta, origin)
     what = escape(f"{trained_arch.name} [{trained_arch.hash}]")
     with console.status(f"exporting {what} to {escape(str(out))}"):
@@ -99,6 +128,52 @@ def export(
         f"[green]exported[/] {what} from {escape(origin)} to [bold]{escape(str(out))}[/]; "
         f"see {escape(str(out / 'README.md'))}"
     )
+
+
+def _retrain(
+    arch: Any,
+    meta: dict[str, Any],
+    epochs: int,
+    sources: dict[str, Path | None],
+    backbone_weights: str,
+    cache_dir: Path | None,
+    out: Path,
+) -> tuple[Any, dict[str, Any]]:
+    """Train `arch` from scratch with the checkpoint's recipe for `epochs`; saves
+    `out/checkpoint.pt` and returns the model (on the CPU) and its checkpoint meta."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nas_neck.backbone import DEFAULT_BACKBONE
+    from nas_neck.detect.trainer import TrainConfig, load_checkpoint
+    from nas_neck.proxy import ProxyConfig, ProxyTask
+
+    config = ProxyConfig(
+        **sources,
+        input_size=meta.get("input_size", 384),
+        backbone=meta.get("backbone", DEFAULT_BACKBONE),
+        backbone_weights=backbone_weights,
+        cache_root=cache_dir,
+        train=TrainConfig(**{**meta.get("config", {}), "epochs": epochs}),
+    )
+    proxy = ProxyTask(config)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+    )
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(f"retraining {escape(arch.name)}", total=epochs)
+        outcome = proxy.run(
+            arch,
+            on_epoch=lambda e, n, loss: progress.update(
+                task, completed=e, description=f"retraining {escape(arch.name)}  loss {loss:.3f}"
+            ),
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = proxy.save(outcome, out / "checkpoint.pt")
+    console.print(f"retrained: mAP {outcome.metrics['map']:.4f}, checkpoint {escape(str(ckpt))}")
+    model, _, new_meta = load_checkpoint(ckpt)
+    return model, new_meta
 
 
 def _choose_trial(
@@ -157,10 +232,8 @@ def _sibling_metrics(checkpoint: Path) -> dict[str, Any]:
 def _search_info(attrs: dict[str, Any], meta: dict[str, Any], origin: str) -> Any:
     from nas_neck.export import SearchInfo
 
-    metrics = {
-        **meta.get("metrics", {}),
-        **{k: v for k, v in attrs.items() if isinstance(v, int | float)},
-    }
+    numbers = {k: v for k, v in attrs.items() if isinstance(v, int | float)}
+    metrics = {**numbers, **meta.get("metrics", {})}  # a retrained checkpoint's own scores win
     return SearchInfo(
         map=metrics.get("map"),
         ap50=metrics.get("ap50"),

@@ -129,6 +129,7 @@ def test_export_study_trial_knee_and_budget(tmp_path):
         (["--study", "s", "--max-latency-ms", "1"], "at most 1.0 ms"),
         (["--trial", "0"], "pass --study too"),
         (["--checkpoint", "missing.pt"], "no such checkpoint file"),
+        (["--checkpoint", "c.pt", "--data", "d"], "--data only matter with --retrain-epochs"),
     ],
 )
 def test_export_errors_are_one_clear_line(tmp_path, args, message):
@@ -174,3 +175,33 @@ def test_usage_example_runs_backbone_neck_and_head(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "P3: (1, 48, 16, 16)" in run.stdout and "P5: (1, 48, 4, 4)" in run.stdout
     assert "head: cls (1, 336, 2), boxes (1, 336, 4)" in run.stdout
+
+
+@pytest.mark.slow
+def test_retrain_then_export(tmp_path):
+    """--retrain-epochs trains the architecture again on the given data and exports that."""
+    from nas_neck.data.synth import generate_synthetic
+
+    data = generate_synthetic(tmp_path / "data", n_train=8, n_val=4, size=96, seed=0)
+    ckpt = _checkpoint(tmp_path / "checkpoint.pt")
+    out = tmp_path / "export"
+    args = [
+        "export",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--retrain-epochs",
+        "2",
+        "--data",
+        str(data.root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert (out / "checkpoint.pt").exists()
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["search"]["origin"].endswith("retrained for 2 epochs")
+    assert manifest["search"]["map"] != 0.25  # the retrained model's own score
+    assert manifest["head"]["num_classes"] == len(manifest["categories"]) == 4  # synthetic plates
