@@ -9,6 +9,7 @@ from rich.table import Table
 
 from nas_neck import cli_options as opt
 from nas_neck.console import console, friendly, setup_logging
+from nas_neck.data.cli import app as data_app
 from nas_neck.dsl import Architecture, load_architecture, load_space
 
 app = typer.Typer(
@@ -18,6 +19,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+app.add_typer(data_app, name="data", help="Synthetic plates, dataset checks, AGAR conversion.")
 
 
 @app.callback()
