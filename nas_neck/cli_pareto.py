@@ -3,6 +3,7 @@ trial's architecture), registered on the app in `nas_neck.cli`."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import optuna
@@ -87,13 +88,18 @@ def show_trial(study: str, storage: str, trial: int, plot_path: Path | None = No
     console.print(f"trial [bold]{trial}[/] of {study} ({t.state.name.lower()}, {what}"
                   f"{', repeats trial ' + str(a['duplicate_of']) if 'duplicate_of' in a else ''})")
     console.print(arch.summary(), markup=False, highlight=False)
-    metrics = [f"{k} {a[k]:.4f}" for k in (*ACCURACY_METRICS, "count_mae") if isinstance(a.get(k), int | float)]
-    costs = [f"{label} {a[k]:{fmt}}" for k, label, fmt in _COST_COLUMNS if isinstance(a.get(k), int | float)]
-    for line in (" · ".join(metrics), " · ".join(costs), a.get("fail_reason"), a.get("checkpoint")):
+    metrics = [f"{k} {a[k]:.4f}" for k in (*ACCURACY_METRICS, "count_mae") if _finite(a.get(k))]
+    costs = [f"{label} {a[k]:{fmt}}" for k, label, fmt in _COST_COLUMNS if _finite(a.get(k))]
+    for line in (" · ".join(metrics), " · ".join(costs), a.get("fail_reason") and f"failed: {a['fail_reason']}",
+                 a.get("checkpoint") and f"checkpoint: {a['checkpoint']}"):
         if line:
             console.print(line, markup=False, highlight=False)
     if plot_path is not None:
         console.print(f"wrote {plot_architecture(arch, plot_path)}")
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _names(compare: list[str] | None) -> list[str]:
@@ -130,7 +136,7 @@ def _front_table(study: optuna.Study, front: list[optuna.trial.FrozenTrial], x: 
     for t in front:
         a = t.user_attrs
         kind = f"[bold]{escape(a['baseline'])}[/]" if a.get("baseline") else "searched"
-        costs = [f"{a[k]:{fmt}}" if isinstance(a.get(k), int | float) else "" for k, _, fmt in _COST_COLUMNS]
+        costs = [f"{a[k]:{fmt}}" if _finite(a.get(k)) else "" for k, _, fmt in _COST_COLUMNS]
         table.add_row(str(t.number), f"{a.get(y, 0.0):.4f}", *costs, ", ".join(picks.get(t.number, [])), kind,
                       escape(a.get("summary", "")))
     return table

@@ -288,7 +288,7 @@ def _gather(study: optuna.Study, x: str, y: str) -> _Trials:
     missing = [m for m in (y, x_attr) if all(_value(t, m, names) is None for t in complete)]
     if missing:
         recorded = sorted({k for t in complete for k, v in t.user_attrs.items() if _number(v) is not None})
-        raise NasNeckError(f"study {study.study_name!r} does not record {' or '.join(missing)}; "
+        raise NasNeckError(f"study {study.study_name!r} records no value of {' or '.join(missing)}; "
                            f"its trials record {', '.join(recorded) or 'no metrics'}")
     kept, xy = [], []
     for t in complete:

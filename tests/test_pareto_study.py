@@ -133,7 +133,7 @@ def test_trial_front_matches_brute_force(tmp_path: Path, seed: int) -> None:
 
 
 def test_errors_name_the_problem(picks_study: optuna.Study, tmp_path: Path) -> None:
-    with pytest.raises(NasNeckError, match="does not record ap75; its trials record .*ap50"):
+    with pytest.raises(NasNeckError, match="records no value of ap75; its trials record .*ap50"):
         front_trials(picks_study, y="ap75")
     with pytest.raises(NasNeckError, match="--x: expected one of latency, flops, params"):
         front_trials(picks_study, x="energy")
