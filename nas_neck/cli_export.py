@@ -54,6 +54,13 @@ def export(
         help="Retrain the chosen architecture from scratch for this many epochs (the checkpoint's "
         "recipe, backbone and input size) and export that; pass the search's --data.",
     ),
+    unfreeze_after: int | None = typer.Option(
+        None,
+        min=0,
+        help="With --retrain-epochs: after this many epochs, fine-tune the backbone too, unfrozen "
+        "stage by stage from the deepest at a 10x lower learning rate; exported as "
+        "backbone.safetensors.",
+    ),
     data: opt.Data = None,
     val_data: opt.ValData = None,
     images: opt.Images = None,
@@ -73,6 +80,8 @@ def export(
     }
     if backbone_weights != "auto":
         training["--backbone-weights"] = backbone_weights
+    if unfreeze_after is not None:
+        training["--unfreeze-after"] = str(unfreeze_after)
     if retrain_epochs is None and any(training.values()):
         names = ", ".join(k for k, v in training.items() if v)
         raise NasNeckError(f"{names} only matter with --retrain-epochs")
@@ -103,12 +112,22 @@ def export(
             f"{arch} is architecture {given.hash}, but {checkpoint} holds {trained_arch.hash} "
             f"({trained_arch.name}); pass the matching --arch or leave it out"
         )
+    backbone_state = None
     if retrain_epochs is not None:
         sources = {"data": data, "val_data": val_data, "images": images}
-        model, meta = _retrain(
-            trained_arch, meta, retrain_epochs, sources, backbone_weights, cache_dir, out
+        model, meta, backbone_state = _retrain(
+            trained_arch,
+            meta,
+            retrain_epochs,
+            unfreeze_after,
+            sources,
+            backbone_weights,
+            cache_dir,
+            out,
         )
         origin += f", retrained for {retrain_epochs} epochs"
+        if unfreeze_after is not None:
+            origin += f" (backbone tuned after epoch {unfreeze_after})"
     info = _search_info(attrs, meta, origin)
     what = escape(f"{trained_arch.name} [{trained_arch.hash}]")
     with console.status(f"exporting {what} to {escape(str(out))}"):
@@ -118,6 +137,7 @@ def export(
             info=info,
             head=model.head,
             categories=meta.get("category_names"),
+            backbone_state=backbone_state,
             fuse=fuse,
             onnx=onnx,
             torchscript=torchscript,
@@ -134,17 +154,20 @@ def _retrain(
     arch: Any,
     meta: dict[str, Any],
     epochs: int,
+    unfreeze_after: int | None,
     sources: dict[str, Path | None],
     backbone_weights: str,
     cache_dir: Path | None,
     out: Path,
-) -> tuple[Any, dict[str, Any]]:
-    """Train `arch` from scratch with the checkpoint's recipe for `epochs`; saves
-    `out/checkpoint.pt` and returns the model (on the CPU) and its checkpoint meta."""
+) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+    """Train `arch` from scratch with the checkpoint's recipe for `epochs` (tuning the backbone
+    after `unfreeze_after` of them); saves `out/checkpoint.pt` and returns the model (on the
+    CPU), its checkpoint meta and the tuned backbone's weights (None when it stayed frozen)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nas_neck.backbone import DEFAULT_BACKBONE
     from nas_neck.detect.trainer import TrainConfig, load_checkpoint
+    from nas_neck.export.finetune import finetune
     from nas_neck.proxy import ProxyConfig, ProxyTask
 
     config = ProxyConfig(
@@ -161,19 +184,25 @@ def _retrain(
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
     )
+    name = escape(arch.name)
     with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task(f"retraining {escape(arch.name)}", total=epochs)
-        outcome = proxy.run(
-            arch,
-            on_epoch=lambda e, n, loss: progress.update(
-                task, completed=e, description=f"retraining {escape(arch.name)}  loss {loss:.3f}"
-            ),
-        )
+        task = progress.add_task(f"retraining {name}", total=epochs)
+
+        def on_epoch(epoch: int, _total: int, loss: float) -> None:
+            tuned = unfreeze_after is not None and epoch > unfreeze_after
+            what = f"retraining {name}{' + backbone' if tuned else ''}  loss {loss:.3f}"
+            progress.update(task, completed=epoch, description=what)
+
+        backbone_state = None
+        if unfreeze_after is None:
+            outcome = proxy.run(arch, on_epoch=on_epoch)
+        else:
+            outcome, backbone_state = finetune(proxy, arch, unfreeze_after, on_epoch=on_epoch)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = proxy.save(outcome, out / "checkpoint.pt")
     console.print(f"retrained: mAP {outcome.metrics['map']:.4f}, checkpoint {escape(str(ckpt))}")
     model, _, new_meta = load_checkpoint(ckpt)
-    return model, new_meta
+    return model, new_meta, backbone_state
 
 
 def _choose_trial(

@@ -130,6 +130,7 @@ def test_export_study_trial_knee_and_budget(tmp_path):
         (["--trial", "0"], "pass --study too"),
         (["--checkpoint", "missing.pt"], "no such checkpoint file"),
         (["--checkpoint", "c.pt", "--data", "d"], "--data only matter with --retrain-epochs"),
+        (["--checkpoint", "c.pt", "--unfreeze-after", "1"], "--unfreeze-after only matter"),
     ],
 )
 def test_export_errors_are_one_clear_line(tmp_path, args, message):
@@ -205,3 +206,55 @@ def test_retrain_then_export(tmp_path):
     assert manifest["search"]["origin"].endswith("retrained for 2 epochs")
     assert manifest["search"]["map"] != 0.25  # the retrained model's own score
     assert manifest["head"]["num_classes"] == len(manifest["categories"]) == 4  # synthetic plates
+
+
+@pytest.mark.slow
+def test_unfreeze_after_tunes_and_exports_the_backbone(tmp_path):
+    """--unfreeze-after K: K epochs on the frozen cache, then the backbone trains too; its tuned
+    weights are exported and the usage example loads them."""
+    from safetensors.torch import load_file
+
+    from nas_neck.backbone import FrozenBackbone
+    from nas_neck.data.synth import generate_synthetic
+
+    data = generate_synthetic(tmp_path / "data", n_train=8, n_val=4, size=96, seed=0)
+    ckpt = _checkpoint(tmp_path / "checkpoint.pt")
+    out = tmp_path / "export"
+    args = [
+        "export",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--retrain-epochs",
+        "3",
+        "--unfreeze-after",
+        "1",
+        "--data",
+        str(data.root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    tuned = load_file(out / "backbone.safetensors")
+    original = FrozenBackbone("tf_efficientnet_lite0", (3, 4, 5)).body.state_dict()
+    assert set(tuned) == set(original)
+    changed = [k for k in tuned if not torch.equal(tuned[k], original[k])]
+    assert any(k.startswith("blocks.") for k in changed)  # the deepest stages trained
+    stats = [k for k in tuned if k.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(tuned[k], original[k]) for k in stats)  # BatchNorm statistics kept
+    assert "backbone.safetensors" in (out / "README.md").read_text()
+    assert (
+        "backbone tuned after epoch 1"
+        in json.loads((out / "export.json").read_text())["search"]["origin"]
+    )
+    example = ROOT / "examples" / "export_usage.py"
+    run = subprocess.run(
+        [sys.executable, str(example), str(out), "--random-backbone"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": ""},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
