@@ -47,10 +47,11 @@ def main() -> None:
     ).eval()
     if (args.folder / "backbone.safetensors").exists():
         backbone.load_state_dict(load_file(args.folder / "backbone.safetensors"))
-    if backbone.feature_info.channels() != list(neck.in_channels):
+    info = backbone.feature_info
+    if (info.channels(), info.reduction()) != (list(neck.in_channels), list(neck.in_strides)):
         raise SystemExit(
-            f"backbone gives {backbone.feature_info.channels()} channels, "
-            f"the neck reads {list(neck.in_channels)}"
+            f"the backbone gives {info.channels()} channels at strides {info.reduction()}, "
+            f"the neck reads {list(neck.in_channels)} at {list(neck.in_strides)}"
         )
 
     head_cfg = manifest.get("head", {"num_classes": 1, "width": 64, "num_convs": 2})

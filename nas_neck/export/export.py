@@ -282,6 +282,8 @@ def _readme(neck: GraphNeck, info: SearchInfo, manifest: dict[str, Any]) -> str:
         "import torch",
         "from neck import Neck",
         "",
+        "# pretrained: the ImageNet weights the search's frozen backbone had; out_indices: the maps",
+        f"# at strides {', '.join(str(2**x) for x in arch.inputs)}",
         f'backbone = timm.create_model("{backbone}", features_only=True, pretrained=True, '
         f"out_indices={indices}).eval()",
     ]
