@@ -74,7 +74,8 @@ def export_neck(
     (`head.safetensors`), tuned backbone weights (`backbone.safetensors`), `neck.onnx` and
     `neck.torchscript.pt`.
 
-    `fuse` folds BatchNorm and re-parameterizes RepConv first. Checks run on random backbone
+    `neck` is put in eval mode; `fuse` exports a fused copy (BatchNorm folded, RepConv
+    re-parameterized). Checks run on random backbone
     maps of a `check_size`-pixel square image and of a smaller, non-square one.
     """
     info = info or SearchInfo()
