@@ -75,8 +75,8 @@ def export_neck(
     `neck.torchscript.pt`.
 
     `neck` is put in eval mode; `fuse` exports a fused copy (BatchNorm folded, RepConv
-    re-parameterized). Checks run on random backbone
-    maps of a `check_size`-pixel square image and of a smaller, non-square one.
+    re-parameterized). Checks run on random backbone maps of a `check_size`-pixel square image
+    and of a smaller, non-square one.
     """
     info = info or SearchInfo()
     out = Path(out_dir)
