@@ -11,6 +11,7 @@ from nas_neck import cli_options as opt
 from nas_neck.console import console, friendly, setup_logging
 from nas_neck.data.cli import app as data_app
 from nas_neck.dsl import Architecture, load_architecture, load_space
+from nas_neck.errors import NasNeckError
 
 app = typer.Typer(
     name="nas-neck",
@@ -33,19 +34,37 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 @app.command()
 @friendly
 def show(
-    path: Path = typer.Argument(..., help="A search space or architecture YAML file."),
+    path: Path | None = typer.Argument(None, help="A search space or architecture YAML file."),
     input_size: int = typer.Option(512, help="Square input size for FLOPs."),
     backbone: str = typer.Option("tf_efficientnet_lite0", help="timm backbone giving the input channels."),
     sample: int = typer.Option(0, help="Sample this many architectures from the space."),
     seed: int = typer.Option(0, help="Seed of the first sample (sample i uses seed + i)."),
+    study: str | None = typer.Option(None, help="Show a trial of this study instead of a file."),
+    trial: int | None = typer.Option(None, help="Trial number (with --study)."),
+    storage: str = typer.Option("sqlite:///nas.db", help="Optuna storage URL, or journal:PATH."),
+    plot: Path | None = typer.Option(None, help="Write the architecture diagram (PNG) here."),
 ) -> None:
-    """Show an architecture (nodes, params, FLOPs) or a space (its parameters, or --sample K)."""
+    """Show an architecture (nodes, params, FLOPs) or a space (its parameters, or --sample K);
+    with --study/--trial, a searched trial's architecture."""
+    if study is not None:
+        if trial is None:
+            raise NasNeckError("--study needs --trial N")
+        from nas_neck.cli_pareto import show_trial
+
+        show_trial(study, storage, trial, plot)
+        return
+    if path is None:
+        raise NasNeckError("give a space or architecture file, or --study NAME --trial N")
     space = load_space(path)
     channels = _backbone_channels(backbone, space.inputs)
     if space.is_fixed and not sample:
         arch = space.sample()
         console.print(_node_table(arch))
         params, flops = _cost(arch, channels, input_size)
+        if plot is not None:
+            from nas_neck.archplot import plot_architecture
+
+            console.print(f"diagram: {plot_architecture(arch, plot)}")
         console.print(
             f"hash [bold]{arch.hash}[/]  params {params / 1e6:.3f} M  "
             f"FLOPs {flops / 1e9:.3f} G at {input_size}x{input_size} (2 FLOPs per multiply-add)  "

@@ -5,13 +5,13 @@ from __future__ import annotations
 import optuna
 from rich.table import Table
 
-from nas_neck.search.runner import pareto_front
+from nas_neck.pareto import front_trials
 from nas_neck.search.study import Objectives
 
 
 def front_table(study: optuna.Study, objectives: Objectives, title: str | None = None) -> Table:
     """The Pareto front: trial, accuracy, latency, FLOPs, params, architecture."""
-    front = sorted(pareto_front(study), key=lambda t: t.values[1])
+    front = front_trials(study)
     table = Table(title=title or f"Pareto front of {study.study_name}: {len(front)} of {len(study.trials)} trials")
     for col in ("trial", objectives.accuracy, "latency (ms)", "GFLOPs", "params (M)", "architecture"):
         table.add_column(col, justify="left" if col == "architecture" else "right")

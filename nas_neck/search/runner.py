@@ -12,12 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nas_neck.dsl import SearchSpace, load_space
 from nas_neck.errors import NasNeckError
+from nas_neck.pareto import front_trials, log_to_mlflow, write_report
 from nas_neck.search.objective import BASELINES_DIR, Hooks, Objective
 from nas_neck.search.study import (
     DEFAULT_STORAGE,
     Objectives,
     counted,
-    feasible,
     finished_count,
     open_study,
 )
@@ -104,23 +104,26 @@ def run_search(settings: SearchSettings, proxy, hooks: Hooks | None = None,
     except KeyboardInterrupt:
         tracker.end(parent, "KILLED")
         raise
-    finish(study, tracker, parent)
+    finish(study, tracker, parent, settings.out_dir, settings.max_latency_ms)
     if finished_count(study) >= settings.trials:
         tracker.end(parent)
     return study
 
 
-def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Non-dominated feasible trials (duplicates of a front member left out)."""
-    return [t for t in study.best_trials if feasible(t) and "duplicate_of" not in t.user_attrs]
-
-
-def finish(study: optuna.Study, tracker: Tracker, parent: str) -> None:
-    """Tag front trials in MLflow and record the front on the parent run."""
-    front = {t.number for t in pareto_front(study)}
+def finish(study: optuna.Study, tracker: Tracker, parent: str, out_dir: Path,
+           max_latency_ms: float | None = None) -> None:
+    """Tag front trials in MLflow, record the front on the parent run, write and log the plots."""
+    front = {t.number for t in front_trials(study)}
     for t in study.get_trials(deepcopy=False):
         run = t.user_attrs.get("mlflow_run_id")
         if run and counted(t):
             tracker.set_tags(run, {"pareto": str(t.number in front).lower()})
     tracker.set_tags(parent, {"pareto_trials": ",".join(map(str, sorted(front)))})
     tracker.log_metrics(parent, {"trials_finished": finished_count(study), "front_size": len(front)})
+    try:
+        report = write_report(study, out_dir / study.study_name, max_latency_ms=max_latency_ms)
+    except NasNeckError as e:  # e.g. every trial failed: no front to plot
+        log.warning("no Pareto report: %s", e)
+        return
+    log_to_mlflow(study, report, tracker.uri)
+    log.info("Pareto plots: %s, %s", report["png"], report["html"])

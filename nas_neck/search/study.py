@@ -127,7 +127,3 @@ def counted(trial: FrozenTrial) -> bool:
 
 def finished_count(study: optuna.Study) -> int:
     return sum(counted(t) for t in study.get_trials(deepcopy=False))
-
-
-def feasible(trial: FrozenTrial) -> bool:
-    return all(v <= 0 for v in (trial.constraints or {}).values())
