@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The main job on built-in defaults: synthetic plates, SQLite study (nas.db), MLflow
+# (sqlite:///mlflow.db), a quick search with the classic baselines, the Pareto plots, and the
+# knee of the front exported as a standalone module. Rerunning resumes (nothing left to do).
 demo: $(STAMP)
-	@for f in search_spaces/*.yaml; do $(BIN)/nas-neck show $$f --input-size 384 || exit 1; done
-	$(BIN)/nas-neck show search_spaces/nasfpn-free.yaml --sample 5 --input-size 384
+	$(BIN)/nas-neck search --trials 8
+	$(BIN)/nas-neck pareto --study pafpn-family
+	$(BIN)/nas-neck export --study pafpn-family --knee --out runs/export --onnx
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest -q; rc=$$?; \

@@ -40,3 +40,6 @@ def setup_logging(verbose: bool = False) -> None:
         force=True,
     )
     logging.getLogger("nas_neck").setLevel(logging.DEBUG if verbose else logging.INFO)
+    import optuna
+
+    optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)

@@ -40,7 +40,7 @@ class ProxyConfig(BaseModel):
     data: Path | None = None  # a folder with train.json + val.json, or a train annotation file
     val_data: Path | None = None
     images: Path | None = None
-    input_size: int = Field(384, ge=64)
+    input_size: int = Field(256, ge=64)
     backbone: str = DEFAULT_BACKBONE
     backbone_weights: str = "auto"
     views: tuple[int, ...] = (0, 1, 2)

@@ -39,9 +39,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_steps: int = Field(30, ge=0)
     grad_clip: float = Field(10.0, gt=0)
