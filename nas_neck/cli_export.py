@@ -213,9 +213,9 @@ def _choose_trial(
         raise NasNeckError(
             "with --study, pass exactly one of --trial N, --knee or --max-latency-ms X"
         )
-    from nas_neck.cli_pareto import _load
+    from nas_neck.search.study import load_existing_study
 
-    loaded = _load(study, storage)
+    loaded = load_existing_study(study, storage)
     if trial is not None:
         found = [t for t in loaded.get_trials(deepcopy=False) if t.number == trial]
         if not found:

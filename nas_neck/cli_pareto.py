@@ -14,7 +14,12 @@ from rich.table import Table
 from nas_neck.console import console, friendly
 from nas_neck.errors import NasNeckError
 from nas_neck.pareto import REF_MARGIN, front_trials, log_to_mlflow, write_report
-from nas_neck.search.study import ACCURACY_METRICS, COST_METRICS, DEFAULT_STORAGE
+from nas_neck.search.study import (
+    ACCURACY_METRICS,
+    COST_METRICS,
+    DEFAULT_STORAGE,
+    load_existing_study,
+)
 
 _COST_COLUMNS = (("latency_ms", "latency (ms)", ".2f"), ("gflops", "GFLOPs", ".3f"), ("mparams", "params (M)", ".3f"))
 
@@ -31,8 +36,8 @@ def pareto(
     tracking_uri: str | None = typer.Option(None, help="Also log the files to the study's MLflow parent run at this URI."),
 ) -> None:
     """Pareto front of a study: table, hypervolume, knee and best-under-budget picks, PNG and HTML plots."""
-    main = _load(study, storage)
-    others = [_load(name, storage) for name in _names(compare) if name != study]
+    main = load_existing_study(study, storage)
+    others = [load_existing_study(name, storage) for name in _names(compare) if name != study]
     report = write_report(main, out or Path("runs") / study, x, y, others, max_latency_ms)
     x, y = report["x"], report["y"]
     picks: dict[int, list[str]] = {}
@@ -73,7 +78,7 @@ def show_trial(study: str, storage: str, trial: int, plot_path: Path | None = No
     from nas_neck.archplot import plot_architecture
     from nas_neck.dsl import SearchSpace
 
-    loaded = _load(study, storage)
+    loaded = load_existing_study(study, storage)
     trials = loaded.get_trials(deepcopy=False)
     found = [t for t in trials if t.number == trial]
     if not found:
@@ -104,24 +109,6 @@ def _finite(value: object) -> bool:
 
 def _names(compare: list[str] | None) -> list[str]:
     return [n.strip() for item in compare or [] for n in item.split(",") if n.strip()]
-
-
-def _load(name: str, storage: str) -> optuna.Study:
-    """Load a study (creating no database on a typo), or say which studies the storage holds."""
-    from nas_neck.search.study import make_storage
-
-    if "://" in storage:
-        file = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else None
-    else:
-        file = storage.removeprefix("journal:")
-    if file and file != ":memory:" and not Path(file).exists():
-        raise NasNeckError(f"--storage: no such file {file} (run `nas-neck search` first, or pass --storage)")
-    # Reading needs none of the heartbeat and retry machinery `make_storage` sets up for workers.
-    backend = optuna.storages.RDBStorage(storage) if "://" in storage else make_storage(storage)
-    names = optuna.get_all_study_names(backend)
-    if name not in names:
-        raise NasNeckError(f"no study {name!r} in {storage}; studies there: {', '.join(sorted(names)) or 'none'}")
-    return optuna.load_study(study_name=name, storage=backend)
 
 
 def _front_table(study: optuna.Study, front: list[optuna.trial.FrozenTrial], x: str, y: str,

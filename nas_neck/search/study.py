@@ -127,3 +127,19 @@ def counted(trial: FrozenTrial) -> bool:
 
 def finished_count(study: optuna.Study) -> int:
     return sum(counted(t) for t in study.get_trials(deepcopy=False))
+
+
+def load_existing_study(name: str, storage: str) -> optuna.Study:
+    """Load a study for reading (creating no database on a typo), or say which studies the storage holds."""
+    if "://" in storage:
+        file = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else None
+    else:
+        file = storage.removeprefix("journal:")
+    if file and file != ":memory:" and not Path(file).exists():
+        raise NasNeckError(f"--storage: no such file {file} (run `nas-neck search` first, or pass --storage)")
+    # Reading needs none of the heartbeat and retry machinery `make_storage` sets up for workers.
+    backend = optuna.storages.RDBStorage(storage) if "://" in storage else make_storage(storage)
+    names = optuna.get_all_study_names(backend)
+    if name not in names:
+        raise NasNeckError(f"no study {name!r} in {storage}; studies there: {', '.join(sorted(names)) or 'none'}")
+    return optuna.load_study(study_name=name, storage=backend)
