@@ -23,8 +23,14 @@ class _NodeModule(nn.Module):
         super().__init__()
         concat = node.fuse == "concat"
         self.edges = nn.ModuleList(
-            Resample(ch, None if concat else node.width, lvl, node.level,
-                     node.upsample or "nearest", node.downsample or "conv")
+            Resample(
+                ch,
+                None if concat else node.width,
+                lvl,
+                node.level,
+                node.upsample or "nearest",
+                node.downsample or "conv",
+            )
             for lvl, ch in in_refs
         )
         fused_ch = sum(e.out_ch for e in self.edges) if concat else node.width
@@ -101,8 +107,15 @@ class GraphNeck(nn.Module):
         self.extras = nn.ModuleList()
         top = arch.inputs[-1]
         for lvl in arch.extra_levels:
-            self.extras.append(Resample(ch, arch.width, lvl - 1 if self.extras else top, lvl,
-                                        downsample=arch.extra_downsample))
+            self.extras.append(
+                Resample(
+                    ch,
+                    arch.width,
+                    lvl - 1 if self.extras else top,
+                    lvl,
+                    downsample=arch.extra_downsample,
+                )
+            )
             ch = arch.width
         cell_ch = list(in_channels) + [arch.width] * len(arch.extra_levels)
         self.cells = nn.ModuleList()
@@ -111,7 +124,9 @@ class GraphNeck(nn.Module):
             self.cells.append(cell)
             by_level = dict(zip(cell.out_levels, cell.out_channels, strict=True))
             cell_ch = [by_level.get(lvl, 0) for lvl in arch.cell_levels]
-        self._carry = [cell.out_levels.index(lvl) for lvl in arch.cell_levels] if arch.repeat > 1 else []
+        self._carry = (
+            [cell.out_levels.index(lvl) for lvl in arch.cell_levels] if arch.repeat > 1 else []
+        )
         self.out_levels: list[int] = list(self.cells[-1].out_levels)
         self.out_channels: list[int] = list(self.cells[-1].out_channels)
         self.out_strides: list[int] = [2**lvl for lvl in self.out_levels]

@@ -65,7 +65,9 @@ class Outcome:
 class ProxyTask:
     """Scores architectures on one dataset with one frozen backbone."""
 
-    def __init__(self, config: ProxyConfig | None = None, device: torch.device | None = None) -> None:
+    def __init__(
+        self, config: ProxyConfig | None = None, device: torch.device | None = None
+    ) -> None:
         self.config = config or ProxyConfig()
         self.device = device or default_device()
         self.train_ann, self.val_ann, self.image_dir = resolve_data(self.config)
@@ -85,7 +87,9 @@ class ProxyTask:
         if levels not in self._caches:
             c = self.config
             backbone = FrozenBackbone(c.backbone, levels, c.backbone_weights)
-            train_cache = FeatureCache.build(self.train_set, backbone, root=c.cache_root, views=c.views)
+            train_cache = FeatureCache.build(
+                self.train_set, backbone, root=c.cache_root, views=c.views
+            )
             val_cache = FeatureCache.build(self.val_set, backbone, root=c.cache_root, views=(0,))
             self._caches[levels] = (train_cache, val_cache, backbone)
         return self._caches[levels]
@@ -100,11 +104,25 @@ class ProxyTask:
         channels = self.channels(arch.inputs)
         strides = [2**lvl for lvl in arch.inputs]
         neck = GraphNeck(arch, channels)
-        head = DetectionHead(neck.out_channels, neck.out_strides, self.num_classes,
-                             width=self.config.train.head_width, num_convs=self.config.train.head_convs)
+        head = DetectionHead(
+            neck.out_channels,
+            neck.out_strides,
+            self.num_classes,
+            width=self.config.train.head_width,
+            num_convs=self.config.train.head_convs,
+        )
         size = self.config.input_size
-        lat = measure_neck(neck, channels, strides, size, head=head, threads=self.config.latency_threads,
-                           warmup=self.config.latency_warmup, runs=self.config.latency_runs, device=self.device)
+        lat = measure_neck(
+            neck,
+            channels,
+            strides,
+            size,
+            head=head,
+            threads=self.config.latency_threads,
+            warmup=self.config.latency_warmup,
+            runs=self.config.latency_runs,
+            device=self.device,
+        )
         flops = count_flops(neck, (feature_inputs(channels, strides, size),))
         return {
             "latency_ms": lat["neck"].median_ms,
@@ -124,8 +142,13 @@ class ProxyTask:
         torch.manual_seed(cfg.seed)
         model = Detector(arch, backbone.channels, self.num_classes, cfg)
         epochs = cfg.epochs
-        result = train(model, train_cache, cfg, self.device,
-                       on_epoch=(lambda e, loss: on_epoch(e, epochs, loss)) if on_epoch else None)
+        result = train(
+            model,
+            train_cache,
+            cfg,
+            self.device,
+            on_epoch=(lambda e, loss: on_epoch(e, epochs, loss)) if on_epoch else None,
+        )
         start = time.perf_counter()
         metrics = self.evaluate(model, val_cache)
         timings = {"train_s": result.seconds, "eval_s": time.perf_counter() - start}
@@ -137,7 +160,10 @@ class ProxyTask:
         preds = predict(model, val_cache, cfg, self.device)
         ds = self.val_set
         results = to_coco_results(
-            preds, ds.image_ids, [ds.letterbox_params(i) for i in range(len(ds))], ds.category_ids,
+            preds,
+            ds.image_ids,
+            [ds.letterbox_params(i) for i in range(len(ds))],
+            ds.category_ids,
             image_sizes=[(im["height"], im["width"]) for im in ds.coco.dataset["images"]],
         )
         metrics = coco_evaluate(ds.coco, results, max_dets=cfg.max_det)
@@ -145,11 +171,19 @@ class ProxyTask:
         return metrics
 
     def save(self, outcome: Outcome, path: Path) -> Path:
-        return save_checkpoint(path, outcome.model, outcome.arch, {
-            "metrics": outcome.metrics, "config": self.config.train.model_dump(),
-            "input_size": self.config.input_size, "backbone": self.config.backbone,
-            "category_ids": self.train_set.category_ids, "category_names": self.train_set.category_names,
-        })
+        return save_checkpoint(
+            path,
+            outcome.model,
+            outcome.arch,
+            {
+                "metrics": outcome.metrics,
+                "config": self.config.train.model_dump(),
+                "input_size": self.config.input_size,
+                "backbone": self.config.backbone,
+                "category_ids": self.train_set.category_ids,
+                "category_names": self.train_set.category_names,
+            },
+        )
 
 
 def resolve_data(config: ProxyConfig) -> tuple[Path, Path, Path | None]:
@@ -162,10 +196,14 @@ def resolve_data(config: ProxyConfig) -> tuple[Path, Path, Path | None]:
         train_ann, val_ann = data / "train.json", data / "val.json"
         for p in (train_ann, val_ann):
             if not p.exists() and not (config.val_data and p == val_ann):
-                raise DataError(f"{data}: expected train.json and val.json in the folder ({p.name} is missing)")
+                raise DataError(
+                    f"{data}: expected train.json and val.json in the folder ({p.name} is missing)"
+                )
         return train_ann, Path(config.val_data or val_ann), config.images
     if not data.exists():
         raise DataError(f"--data {data}: no such file or folder")
     if config.val_data is None:
-        raise DataError(f"--data {data} is one annotation file: give the validation split with --val-data")
+        raise DataError(
+            f"--data {data} is one annotation file: give the validation split with --val-data"
+        )
     return data, Path(config.val_data), config.images

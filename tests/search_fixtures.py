@@ -12,8 +12,13 @@ SIZE = 128
 def tiny_config(root: Path, **train) -> ProxyConfig:
     data = generate_synthetic(root / "data", n_train=8, n_val=4, size=SIZE, seed=0)
     return ProxyConfig(
-        data=data.root, input_size=SIZE, views=(0,), cache_root=root / "cache",
-        latency_runs=3, latency_warmup=1, latency_threads=1,
+        data=data.root,
+        input_size=SIZE,
+        views=(0,),
+        cache_root=root / "cache",
+        latency_runs=3,
+        latency_warmup=1,
+        latency_threads=1,
         train=TrainConfig(**{"epochs": 2, "batch_size": 4, "warmup_steps": 1, **train}),
     )
 

@@ -6,7 +6,14 @@ import optuna
 import pytest
 import yaml
 
-from nas_neck.dsl import FixedSampler, OptunaSampler, RandomSampler, SearchSpace, load_architecture, load_space
+from nas_neck.dsl import (
+    FixedSampler,
+    OptunaSampler,
+    RandomSampler,
+    SearchSpace,
+    load_architecture,
+    load_space,
+)
 from nas_neck.errors import SpaceError
 
 SPACES = Path(__file__).parents[1] / "search_spaces"
@@ -35,21 +42,51 @@ def test_hash_ignores_spelling():
         "inputs": ["P5", "P3", "P4"],
         "width": {"choice": [64]},  # a one-option domain is still width 64
         "nodes": {  # other names, other order, inputs swapped (sum is symmetric), fields spelled out
-            "out5": {"level": 5, "inputs": ["P5", "out4"], "output": True, "fuse": "sum", "block": "conv"},
+            "out5": {
+                "level": 5,
+                "inputs": ["P5", "out4"],
+                "output": True,
+                "fuse": "sum",
+                "block": "conv",
+            },
             "mid": {"level": 4, "inputs": ["P4", "P5"], "fuse": "sum", "block": "conv", "depth": 1},
-            "out3": {"level": 3, "inputs": ["P3", "mid"], "output": True, "fuse": "sum", "block": "conv"},
-            "out4": {"level": 4, "inputs": ["out3", "mid"], "output": True, "fuse": "sum", "block": "conv"},
-            "dead": {"level": 3, "inputs": ["P3"], "fuse": "sum", "block": "conv"},  # feeds no output
+            "out3": {
+                "level": 3,
+                "inputs": ["P3", "mid"],
+                "output": True,
+                "fuse": "sum",
+                "block": "conv",
+            },
+            "out4": {
+                "level": 4,
+                "inputs": ["out3", "mid"],
+                "output": True,
+                "fuse": "sum",
+                "block": "conv",
+            },
+            "dead": {
+                "level": 3,
+                "inputs": ["P3"],
+                "fuse": "sum",
+                "block": "conv",
+            },  # feeds no output
         },
     }
     arch = SearchSpace(SearchSpace.from_dict(respelled).spec).sample(RandomSampler(0))
     assert arch.hash == base
-    assert arch.canonical() == _arch(PAFPN).canonical().__class__(**{
-        **_arch(PAFPN).canonical().__dict__, "name": "another name"})
+    assert arch.canonical() == _arch(PAFPN).canonical().__class__(
+        **{**_arch(PAFPN).canonical().__dict__, "name": "another name"}
+    )
 
 
 def test_hash_ignores_resample_modes_without_such_edge():
-    a = {**PAFPN, "nodes": {**PAFPN["nodes"], "T4": {"level": 4, "inputs": ["P5", "P4"], "downsample": "maxpool"}}}
+    a = {
+        **PAFPN,
+        "nodes": {
+            **PAFPN["nodes"],
+            "T4": {"level": 4, "inputs": ["P5", "P4"], "downsample": "maxpool"},
+        },
+    }
     assert _arch(a).hash == _arch(PAFPN).hash  # T4 has no downsampled input
 
 
@@ -80,7 +117,9 @@ def test_gp_attention_input_order_matters_but_sum_does_not():
     assert with_inputs("gp_attention", ["P5", "P4"]) != with_inputs("gp_attention", ["P4", "P5"])
 
 
-@pytest.mark.parametrize("name", ["fpn", "pafpn", "bifpn", "nasfpn", "light", "pafpn-family", "nasfpn-free"])
+@pytest.mark.parametrize(
+    "name", ["fpn", "pafpn", "bifpn", "nasfpn", "light", "pafpn-family", "nasfpn-free"]
+)
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_round_trip(tmp_path, name, suffix):
     arch = load_space(SPACES / f"{name}.yaml").sample(RandomSampler(3))

@@ -16,13 +16,16 @@ CHANNELS = {2: 24, 3: 40, 4: 112, 5: 320}  # tf_efficientnet_lite0
 
 
 def _features(levels, h, w, batch=1):
-    return [torch.randn(batch, CHANNELS[lv], math.ceil(h / 2**lv), math.ceil(w / 2**lv)) for lv in levels]
+    return [
+        torch.randn(batch, CHANNELS[lv], math.ceil(h / 2**lv), math.ceil(w / 2**lv))
+        for lv in levels
+    ]
 
 
 def _check(neck, arch, h, w):
     outs = neck(_features(arch.inputs, h, w, batch=2))
     assert len(outs) == len(arch.out_levels) == len(neck.out_levels)
-    for out, lvl, ch in zip(outs, neck.out_levels, neck.out_channels):
+    for out, lvl, ch in zip(outs, neck.out_levels, neck.out_channels, strict=True):
         assert out.shape == (2, ch, math.ceil(h / 2**lvl), math.ceil(w / 2**lvl)), (arch.name, lvl)
         assert torch.isfinite(out).all()
 
@@ -82,7 +85,9 @@ def test_odd_size_with_p2_and_extra_levels():
 def test_neck_traces_and_follows_input_size():
     arch = load_space(SPACES / "bifpn.yaml").sample()
     neck = GraphNeck(arch, [CHANNELS[lv] for lv in arch.inputs]).eval()
-    traced = torch.jit.trace(neck, (_features(arch.inputs, 256, 256),), check_trace=False, strict=False)
+    traced = torch.jit.trace(
+        neck, (_features(arch.inputs, 256, 256),), check_trace=False, strict=False
+    )
     feats = _features(arch.inputs, 333, 250)
-    for a, b in zip(traced(feats), neck(feats)):
+    for a, b in zip(traced(feats), neck(feats), strict=True):
         torch.testing.assert_close(a, b)

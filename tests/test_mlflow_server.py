@@ -27,10 +27,25 @@ def _free_port() -> int:
 def mlflow_server(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -52,15 +67,23 @@ def mlflow_server(tmp_path):
 
 def test_search_tracks_to_mlflow_server(tmp_path, mlflow_server):
     settings = SearchSettings(
-        space=SPACES / "pafpn-family.yaml", study="served", storage=f"sqlite:///{tmp_path}/nas.db",
-        tracking_uri=mlflow_server, trials=2, sampler="random", baselines=[], out_dir=tmp_path / "runs",
+        space=SPACES / "pafpn-family.yaml",
+        study="served",
+        storage=f"sqlite:///{tmp_path}/nas.db",
+        tracking_uri=mlflow_server,
+        trials=2,
+        sampler="random",
+        baselines=[],
+        out_dir=tmp_path / "runs",
     )
     study = run_search(settings, tiny_proxy(tmp_path))
     mlflow.set_tracking_uri(mlflow_server)
     runs = mlflow.search_runs(experiment_names=["served"], output_format="list")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2
-    assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    assert {r.info.run_id for r in children} == {
+        t.user_attrs["mlflow_run_id"] for t in study.trials
+    }
     for run in children:
         assert run.data.metrics["map"] >= 0 and run.data.metrics["latency_ms"] > 0
         files = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

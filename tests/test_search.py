@@ -32,9 +32,16 @@ def proxy(root):
 
 
 def _settings(root, name, **kw):
-    base = dict(space=SPACES / "pafpn-family.yaml", study=name, storage=f"sqlite:///{root}/nas.db",
-                tracking_uri=f"sqlite:///{root}/mlflow.db", trials=3, sampler="random", baselines=[],
-                out_dir=root / "runs")
+    base = dict(
+        space=SPACES / "pafpn-family.yaml",
+        study=name,
+        storage=f"sqlite:///{root}/nas.db",
+        tracking_uri=f"sqlite:///{root}/mlflow.db",
+        trials=3,
+        sampler="random",
+        baselines=[],
+        out_dir=root / "runs",
+    )
     return SearchSettings(**{**base, **kw})
 
 
@@ -105,7 +112,10 @@ def test_repeated_architecture_is_not_trained_again(root, proxy):
     for t in rest:
         assert t.user_attrs["duplicate_of"] == first.number
         assert t.values == first.values
-        assert "checkpoint" in t.user_attrs and t.user_attrs["checkpoint"] == first.user_attrs["checkpoint"]
+        assert (
+            "checkpoint" in t.user_attrs
+            and t.user_attrs["checkpoint"] == first.user_attrs["checkpoint"]
+        )
     ckpts = list((root / "runs" / "dedup").glob("*.pt"))
     assert len(ckpts) == 1  # trained once
 
@@ -135,10 +145,36 @@ def test_sigkill_mid_trial_then_resume(root):
     cfg = tiny_config(root, epochs=200)  # long enough to be killed mid-training
     storage = f"sqlite:///{root}/killed.db"
     env = {**os.environ, "NAS_NECK_HEARTBEAT_S": "1", "NAS_NECK_GRACE_S": "3"}
-    cmd = [sys.executable, "-m", "nas_neck", "search", "--space", str(SPACES / "light.yaml"),
-           "--study", "killed", "--storage", storage, "--tracking-uri", f"sqlite:///{root}/mlflow.db",
-           "--trials", "1", "--baselines", "", "--data", str(cfg.data), "--input-size", str(SIZE),
-           "--cache-dir", str(cfg.cache_root), "--batch-size", "4", "--threads", "1", "--out", str(root / "runs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas_neck",
+        "search",
+        "--space",
+        str(SPACES / "light.yaml"),
+        "--study",
+        "killed",
+        "--storage",
+        storage,
+        "--tracking-uri",
+        f"sqlite:///{root}/mlflow.db",
+        "--trials",
+        "1",
+        "--baselines",
+        "",
+        "--data",
+        str(cfg.data),
+        "--input-size",
+        str(SIZE),
+        "--cache-dir",
+        str(cfg.cache_root),
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--out",
+        str(root / "runs"),
+    ]
     proc = subprocess.Popen([*cmd, "--epochs", "200"], cwd=root, env=env)
     try:
         deadline = time.time() + 300

@@ -56,15 +56,22 @@ class TrainConfig(BaseModel):
 class Detector(nn.Module):
     """Neck + the fixed head; takes backbone feature maps (the backbone itself is frozen apart)."""
 
-    def __init__(self, arch: Architecture, in_channels: list[int], num_classes: int, config: TrainConfig) -> None:
+    def __init__(
+        self, arch: Architecture, in_channels: list[int], num_classes: int, config: TrainConfig
+    ) -> None:
         super().__init__()
         self.neck = GraphNeck(arch, in_channels)
         self.head = DetectionHead(
-            self.neck.out_channels, self.neck.out_strides, num_classes,
-            width=config.head_width, num_convs=config.head_convs,
+            self.neck.out_channels,
+            self.neck.out_strides,
+            num_classes,
+            width=config.head_width,
+            num_convs=config.head_convs,
         )
 
-    def forward(self, features: list[Tensor], image_size: tuple[int, int] | None = None) -> HeadOutput:
+    def forward(
+        self, features: list[Tensor], image_size: tuple[int, int] | None = None
+    ) -> HeadOutput:
         return self.head.predict(self.neck(features), image_size)
 
 
@@ -93,13 +100,18 @@ def train(
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=config.lr,
     )
     n = len(cache)
     per_epoch = max(1, n // config.batch_size)  # drop the ragged last batch: fixed step count
     total = per_epoch * config.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(config.warmup_steps, total)
+    )
     order = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     parts: dict[str, list[float]] = {"loss_cls": [], "loss_box": []}
@@ -138,7 +150,9 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: Detector, cache: Any, config: TrainConfig, device: torch.device, batch_size: int = 16) -> list[dict[str, Tensor]]:
+def predict(
+    model: Detector, cache: Any, config: TrainConfig, device: torch.device, batch_size: int = 16
+) -> list[dict[str, Tensor]]:
     """Decoded detections (letterboxed input pixels, contiguous labels) for every cached image."""
     model.to(device).eval()
     size = tuple(cache.image_size) if hasattr(cache, "image_size") else None
@@ -148,8 +162,10 @@ def predict(model: Detector, cache: Any, config: TrainConfig, device: torch.devi
         feats = [f.to(device) for f in cache.features(idx)]
         with autocast_context(device):
             out = model(feats, size)
-        preds += [{k: v.cpu() for k, v in p.items()} for p in
-                  decode(out, score_thresh=config.score_thresh, max_det=config.max_det)]
+        preds += [
+            {k: v.cpu() for k, v in p.items()}
+            for p in decode(out, score_thresh=config.score_thresh, max_det=config.max_det)
+        ]
     return preds
 
 
@@ -163,7 +179,9 @@ def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def save_checkpoint(path: str | Path, model: Detector, arch: Architecture, meta: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: str | Path, model: Detector, arch: Architecture, meta: dict[str, Any]
+) -> Path:
     """Neck + head weights with everything needed to rebuild them (`load_checkpoint`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,9 @@ def parse_domain(raw: Any, check: Check) -> Domain:
     kind = kinds[0]
     allowed = {"choice": {"choice"}, "int": {"int", "step"}, "float": {"float", "log"}}[kind]
     if extra := set(raw) - allowed:
-        raise ValueError(f"unknown key(s) {sorted(extra)} in a {kind} domain; expected {sorted(allowed)}")
+        raise ValueError(
+            f"unknown key(s) {sorted(extra)} in a {kind} domain; expected {sorted(allowed)}"
+        )
     body = raw[kind]
     if kind == "choice":
         if not isinstance(body, list) or not body:
@@ -135,7 +137,12 @@ def int_in(low: int, high: int | None = None, what: str = "an integer") -> Check
     """Check: an integer in `[low, high]` (no upper bound when `high` is None)."""
 
     def check(v: Any) -> str | None:
-        ok = isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+        ok = (
+            isinstance(v, int)
+            and not isinstance(v, bool)
+            and v >= low
+            and (high is None or v <= high)
+        )
         if ok:
             return None
         return f"{what} in [{low}, {high}]" if high is not None else f"{what} >= {low}"

@@ -72,7 +72,9 @@ class FixedSampler:
     def int(self, name: str, low: int, high: int, step: int = 1) -> int:
         value = self._get(name)
         if not isinstance(value, int) or not low <= value <= high or (value - low) % step:
-            raise SpaceError(f"expected an integer in [{low}, {high}] step {step}, got {value!r}", path=name)
+            raise SpaceError(
+                f"expected an integer in [{low}, {high}] step {step}, got {value!r}", path=name
+            )
         return value
 
     def float(self, name: str, low: float, high: float, log: bool = False) -> float:

@@ -151,7 +151,9 @@ def read_spec(path: str | Path) -> SpaceSpec:
 def parse_spec(raw: Any, source: str | None = None) -> SpaceSpec:
     """Validate an already-parsed mapping (see `read_spec`)."""
     if not isinstance(raw, dict):
-        raise SpaceError(f"expected a mapping at the top level, got {type(raw).__name__}", source=source)
+        raise SpaceError(
+            f"expected a mapping at the top level, got {type(raw).__name__}", source=source
+        )
     try:
         return SpaceSpec.model_validate(raw)
     except ValidationError as e:
@@ -165,7 +167,9 @@ def _to_space_error(error: ValidationError, source: str | None) -> SpaceError:
     if err["type"] == "extra_forbidden":
         model = _model_at(loc[:-1])
         expected = ", ".join(model.model_fields)
-        return SpaceError(f"unknown key {loc[-1]!r}; expected one of: {expected}", source=source, path=path)
+        return SpaceError(
+            f"unknown key {loc[-1]!r}; expected one of: {expected}", source=source, path=path
+        )
     if err["type"] == "missing":
         return SpaceError("missing required key", source=source, path=path)
     msg = err["msg"].removeprefix("Value error, ")

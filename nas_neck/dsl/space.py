@@ -61,7 +61,9 @@ class SearchSpace:
         self.extra_levels = tuple(spec.extra_levels)
         self._check_extras()
         if (spec.nodes is None) == (spec.free is None):
-            self._fail("expected exactly one of 'nodes' (a fixed graph) or 'free' (a free-form graph)")
+            self._fail(
+                "expected exactly one of 'nodes' (a fixed graph) or 'free' (a free-form graph)"
+            )
         self._order = self._check_graph() if spec.nodes is not None else []
         if spec.free is not None:
             self._check_free()
@@ -91,15 +93,25 @@ class SearchSpace:
         params = [
             Parameter(name, dom)
             for name, dom in (
-                ("width", s.width), ("depth", s.depth), ("repeat", s.repeat),
+                ("width", s.width),
+                ("depth", s.depth),
+                ("repeat", s.repeat),
                 ("extra_downsample", s.extra_downsample if self.extra_levels else None),
             )
             if not is_fixed(dom)
         ]
         if s.free is not None:
             f = s.free
-            params += [Parameter(n, d) for n, d in (("nodes", f.nodes), ("h*.level", f.levels), ("*.fan_in", f.fan_in)) if not is_fixed(d)]
-            params += [Parameter(f"*.{k}", d) for k in NODE_FIELDS if not is_fixed(d := getattr(s.defaults, k))]
+            params += [
+                Parameter(n, d)
+                for n, d in (("nodes", f.nodes), ("h*.level", f.levels), ("*.fan_in", f.fan_in))
+                if not is_fixed(d)
+            ]
+            params += [
+                Parameter(f"*.{k}", d)
+                for k in NODE_FIELDS
+                if not is_fixed(d := getattr(s.defaults, k))
+            ]
             return params
         for name in self._order:
             node = s.nodes[name]
@@ -124,7 +136,9 @@ class SearchSpace:
         width = s.width.sample(sampler, "width")
         depth = s.depth.sample(sampler, "depth") if s.depth is not None else None
         repeat = s.repeat.sample(sampler, "repeat")
-        extra_down = s.extra_downsample.sample(sampler, "extra_downsample") if self.extra_levels else "conv"
+        extra_down = (
+            s.extra_downsample.sample(sampler, "extra_downsample") if self.extra_levels else "conv"
+        )
         glob = {"width": width, "depth": depth}
         if s.free is not None:
             nodes = self._sample_free(sampler, glob)
@@ -159,8 +173,13 @@ class SearchSpace:
     def _sample_node(self, sampler: Sampler, name: str, glob: dict) -> Node:
         spec = self.spec.nodes[name]
         level = spec.level.sample(sampler, f"{name}.level")
-        return Node(name=name, level=level, inputs=tuple(spec.inputs), output=spec.output,
-                    **self._fields(sampler, name, spec, glob))
+        return Node(
+            name=name,
+            level=level,
+            inputs=tuple(spec.inputs),
+            output=spec.output,
+            **self._fields(sampler, name, spec, glob),
+        )
 
     def _sample_free(self, sampler: Sampler, glob: dict) -> tuple[Node, ...]:
         f = self.spec.free
@@ -178,13 +197,24 @@ class SearchSpace:
             name = f"h{i}"
             level = f.levels.sample(sampler, f"{name}.level")
             inputs = draw_inputs(name, len(pool))
-            nodes.append(Node(name=name, level=level, inputs=inputs, **self._fields(sampler, name, None, glob)))
+            nodes.append(
+                Node(
+                    name=name, level=level, inputs=inputs, **self._fields(sampler, name, None, glob)
+                )
+            )
             pool.append(name)
         for j, lvl in enumerate(self.spec.outputs):
             name = f"N{lvl}"
             inputs = draw_inputs(name, len(self.cell_levels) + n_max + j)
-            nodes.append(Node(name=name, level=lvl, inputs=inputs, output=True,
-                              **self._fields(sampler, name, None, glob)))
+            nodes.append(
+                Node(
+                    name=name,
+                    level=lvl,
+                    inputs=inputs,
+                    output=True,
+                    **self._fields(sampler, name, None, glob),
+                )
+            )
             pool.append(name)
         return tuple(nodes)
 
@@ -196,8 +226,11 @@ class SearchSpace:
         top = max(self.inputs)
         want = list(range(top + 1, top + 1 + len(self.extra_levels)))
         if list(self.extra_levels) != want:
-            self._fail(f"expected consecutive levels above the top input P{top}, i.e. {want}, "
-                       f"got {list(self.extra_levels)}", "extra_levels")
+            self._fail(
+                f"expected consecutive levels above the top input P{top}, i.e. {want}, "
+                f"got {list(self.extra_levels)}",
+                "extra_levels",
+            )
 
     def _check_graph(self) -> list[str]:
         nodes = self.spec.nodes
@@ -209,7 +242,9 @@ class SearchSpace:
                 if ref not in nodes and ref not in cell:
                     self._fail(
                         f"unknown input {ref!r}; expected a cell input ({', '.join(cell)}) "
-                        f"or a node ({', '.join(nodes)})", f"nodes.{name}.inputs.{i}")
+                        f"or a node ({', '.join(nodes)})",
+                        f"nodes.{name}.inputs.{i}",
+                    )
         order = self._topological(nodes)
         outputs = [(name, n) for name, n in nodes.items() if n.output]
         if not outputs:
@@ -220,15 +255,24 @@ class SearchSpace:
                 self._fail("an output node needs a fixed level", f"nodes.{name}.level")
             lvl = node.level.value
             if lvl in seen:
-                self._fail(f"two output nodes at level {lvl}: {seen[lvl]!r} and {name!r}", f"nodes.{name}.output")
+                self._fail(
+                    f"two output nodes at level {lvl}: {seen[lvl]!r} and {name!r}",
+                    f"nodes.{name}.output",
+                )
             seen[lvl] = name
         if self.spec.outputs is not None:
             for lvl in self.spec.outputs:
                 if lvl not in seen:
-                    self._fail(f"level {lvl} is required but no node with 'output: true' has level {lvl}", "outputs")
+                    self._fail(
+                        f"level {lvl} is required but no node with 'output: true' has level {lvl}",
+                        "outputs",
+                    )
             for lvl, name in seen.items():
                 if lvl not in self.spec.outputs:
-                    self._fail(f"node {name!r} outputs level {lvl}, which 'outputs' does not list", f"nodes.{name}.output")
+                    self._fail(
+                        f"node {name!r} outputs level {lvl}, which 'outputs' does not list",
+                        f"nodes.{name}.output",
+                    )
         return order
 
     def _topological(self, nodes: dict) -> list[str]:
@@ -240,7 +284,7 @@ class SearchSpace:
             if state.get(name) == 2:
                 return
             if state.get(name) == 1:
-                cycle = path[path.index(name):] + [name]
+                cycle = path[path.index(name) :] + [name]
                 self._fail(f"cycle: {' -> '.join(cycle)}", f"nodes.{name}.inputs")
             state[name] = 1
             for ref in nodes[name].inputs:
@@ -264,8 +308,11 @@ class SearchSpace:
         if self.spec.nodes is not None:
             outs = {n.level.value for n in self.spec.nodes.values() if n.output}
         if missing := sorted(set(self.cell_levels) - outs):
-            self._fail(f"repeated cells need an output at every cell input level; missing "
-                       f"{', '.join(f'P{m}' for m in missing)}", "repeat")
+            self._fail(
+                f"repeated cells need an output at every cell input level; missing "
+                f"{', '.join(f'P{m}' for m in missing)}",
+                "repeat",
+            )
 
 
 def _max_of(domain: Domain) -> int:
@@ -286,6 +333,8 @@ def load_architecture(path: str | Path) -> Architecture:
     space = load_space(path)
     if not space.is_fixed:
         names = ", ".join(p.name for p in space.parameters()[:6])
-        raise SpaceError(f"expected a fixed architecture, but it has search parameters ({names}, ...)",
-                         source=str(path))
+        raise SpaceError(
+            f"expected a fixed architecture, but it has search parameters ({names}, ...)",
+            source=str(path),
+        )
     return space.sample()

@@ -29,7 +29,9 @@ class DwConv(nn.Module):
 class Bottleneck(nn.Module):
     """YOLO bottleneck: 3x3 -> 3x3 with a residual shortcut when widths match."""
 
-    def __init__(self, in_ch: int, out_ch: int, shortcut: bool = True, expansion: float = 1.0) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, shortcut: bool = True, expansion: float = 1.0
+    ) -> None:
         super().__init__()
         hidden = max(8, int(out_ch * expansion))
         self.cv1 = ConvBnAct(in_ch, hidden, 3)
