@@ -113,17 +113,18 @@ def run_search(settings: SearchSettings, proxy, hooks: Hooks | None = None,
 def finish(study: optuna.Study, tracker: Tracker, parent: str, out_dir: Path,
            max_latency_ms: float | None = None) -> None:
     """Tag front trials in MLflow, record the front on the parent run, write and log the plots."""
-    front = {t.number for t in front_trials(study)}
+    tracker.log_metrics(parent, {"trials_finished": finished_count(study)})
+    try:
+        front = {t.number for t in front_trials(study)}
+        report = write_report(study, out_dir / study.study_name, max_latency_ms=max_latency_ms)
+    except NasNeckError as e:  # e.g. every trial failed: no front to tag or plot
+        log.warning("no Pareto front: %s", e)
+        return
     for t in study.get_trials(deepcopy=False):
         run = t.user_attrs.get("mlflow_run_id")
         if run and counted(t):
             tracker.set_tags(run, {"pareto": str(t.number in front).lower()})
     tracker.set_tags(parent, {"pareto_trials": ",".join(map(str, sorted(front)))})
-    tracker.log_metrics(parent, {"trials_finished": finished_count(study), "front_size": len(front)})
-    try:
-        report = write_report(study, out_dir / study.study_name, max_latency_ms=max_latency_ms)
-    except NasNeckError as e:  # e.g. every trial failed: no front to plot
-        log.warning("no Pareto report: %s", e)
-        return
+    tracker.log_metrics(parent, {"front_size": len(front)})
     log_to_mlflow(study, report, tracker.uri)
     log.info("Pareto plots: %s, %s", report["png"], report["html"])
