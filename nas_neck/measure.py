@@ -9,6 +9,7 @@ multiply-add.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import statistics
@@ -50,6 +51,7 @@ class Latency:
     runs: int
     threads: int
     device: str
+    rounds: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,11 +94,18 @@ def measure_latency(
     inputs: Inputs,
     *,
     threads: int | None = None,
-    warmup: int = 10,
-    runs: int = 50,
+    warmup: int = 3,
+    runs: int = 100,
+    rounds: int = 10,
     device: torch.device | str | None = None,
 ) -> Latency:
-    """Time ``module(inputs)`` at batch 1; return median, p10, p90 and mean in ms.
+    """Time ``module(inputs)`` at batch 1; return the median (of round medians), p10, p90, mean in ms.
+
+    The runs are split into ``rounds``, each on a fresh copy of the module and of the inputs. On
+    this project's CPU machines one process's timing of a neck was bimodal (e.g. 3.9 or 6.5 ms,
+    whatever the core, stable within the process): it depends on where its tensors landed in
+    memory. Fresh copies sample that layout effect inside one measurement, so the median of the
+    round medians agrees across processes (``experiments/bench_latency_stability.py``).
 
     Args:
         module: put in eval mode and moved to ``device`` (it is left there, in eval mode).
@@ -104,48 +113,80 @@ def measure_latency(
             as the single argument, a tuple is unpacked into positional arguments.
         threads: CPU threads for torch during the measurement (restored afterwards); default
             :func:`~nas_neck.device.available_cpus`, never the inherited setting.
-        warmup: untimed runs first (allocator, oneDNN / cuDNN algorithm selection).
-        runs: timed runs.
+        warmup: untimed runs at the start of each round (allocator, oneDNN / cuDNN selection).
+        runs: timed runs in all (at least one per round).
+        rounds: fresh copies of module and inputs the runs are spread over.
         device: default :func:`~nas_neck.device.default_device`.
     """
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1, got {runs}")
+    if runs < 1 or rounds < 1:
+        raise ValueError(f"runs and rounds must be >= 1, got {runs} and {rounds}")
     device = torch.device(device) if device is not None else default_device()
     n_threads = threads if threads is not None else available_cpus()
     module = module.eval().to(device)
     inputs = _to_device(inputs, device)
-    cuda = device.type == "cuda"
+    rounds = min(rounds, runs)
+    per_round = [runs // rounds + (i < runs % rounds) for i in range(rounds)]
     times: list[float] = []
+    medians: list[float] = []
+    copies: list[Any] = []  # kept alive so each round's copies land elsewhere in memory
     with num_threads(n_threads), torch.inference_mode():
-        for _ in range(warmup):
-            _call(module, inputs)
-        if cuda:
-            torch.cuda.synchronize(device)
-        for _ in range(runs):
-            if cuda:
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                _call(module, inputs)
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                _call(module, inputs)
-                times.append((time.perf_counter() - t0) * 1e3)
+        for n in per_round:
+            model, args = (
+                (module, inputs) if not copies else (copy.deepcopy(module), _clone(inputs))
+            )
+            copies.append((model, args))
+            round_times = _time_runs(model, args, warmup, n, device)
+            medians.append(statistics.median(round_times))
+            times += round_times
     times.sort()
     result = Latency(
-        median_ms=statistics.median(times),
+        median_ms=statistics.median(medians),
         p10_ms=_percentile(times, 0.1),
         p90_ms=_percentile(times, 0.9),
         mean_ms=statistics.fmean(times),
         runs=runs,
         threads=n_threads,
         device=str(device),
+        rounds=rounds,
     )
     log.debug("latency of %s: %s", type(module).__name__, result)
     return result
+
+
+def _time_runs(
+    module: nn.Module, inputs: Inputs, warmup: int, runs: int, device: torch.device
+) -> list[float]:
+    """Wall times in ms of `runs` calls after `warmup` untimed ones (CUDA: events, synchronised)."""
+    for _ in range(warmup):
+        _call(module, inputs)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(runs):
+        if cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            _call(module, inputs)
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            _call(module, inputs)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _clone(inputs: Inputs) -> Inputs:
+    if isinstance(inputs, Tensor):
+        return inputs.clone()
+    if isinstance(inputs, tuple):
+        return tuple(_clone(x) for x in inputs)
+    if isinstance(inputs, list):
+        return [_clone(x) for x in inputs]
+    return inputs
 
 
 def count_flops(module: nn.Module, inputs: Inputs) -> int:
@@ -189,8 +230,8 @@ def measure_neck(
     *,
     head: nn.Module | None = None,
     threads: int | None = None,
-    warmup: int = 10,
-    runs: int = 50,
+    warmup: int = 3,
+    runs: int = 100,
     device: torch.device | str | None = None,
 ) -> dict[str, Latency]:
     """Latency of the neck on random backbone maps, and of neck + head when a head is given.

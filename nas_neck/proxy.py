@@ -46,8 +46,8 @@ class ProxyConfig(BaseModel):
     views: tuple[int, ...] = (0, 1, 2)
     cache_root: Path | None = None
     latency_threads: int | None = None
-    latency_runs: int = Field(30, ge=3)
-    latency_warmup: int = Field(5, ge=1)
+    latency_runs: int = Field(100, ge=10)
+    latency_warmup: int = Field(3, ge=1)
     train: TrainConfig = TrainConfig()
 
 

@@ -16,7 +16,7 @@ def tiny_config(root: Path, **train) -> ProxyConfig:
         input_size=SIZE,
         views=(0,),
         cache_root=root / "cache",
-        latency_runs=3,
+        latency_runs=10,
         latency_warmup=1,
         latency_threads=1,
         train=TrainConfig(**{"epochs": 2, "batch_size": 4, "warmup_steps": 1, **train}),

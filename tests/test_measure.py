@@ -46,13 +46,21 @@ def test_latency_uses_and_records_the_requested_threads_and_restores_them() -> N
     before = torch.get_num_threads()
     requested = before + 1
     probe = _ThreadProbe().train()
-    result = measure_latency(probe, torch.randn(1, 3, 16, 16), threads=requested, warmup=2, runs=5)
+    result = measure_latency(probe, torch.randn(1, 3, 16, 16), threads=requested, warmup=2, runs=5, rounds=1)
     assert isinstance(result, Latency)
     assert result.threads == requested and result.runs == 5 and result.device == "cpu"
     assert probe.seen == [(requested, False, False)] * 7  # warm-up + runs, inference, eval mode
     assert torch.get_num_threads() == before
     assert 0 < result.p10_ms <= result.median_ms <= result.p90_ms
     assert result.mean_ms > 0 and set(result.as_dict()) >= {"median_ms", "threads", "device"}
+
+
+def test_latency_rounds_run_on_fresh_copies_of_module_and_inputs() -> None:
+    probe = _ThreadProbe()
+    x = torch.randn(1, 3, 8, 8)
+    result = measure_latency(probe, x, threads=1, warmup=1, runs=9, rounds=3, device="cpu")
+    assert result.rounds == 3 and result.runs == 9
+    assert len(probe.seen) == 1 + 3  # the original serves round 1 only: warm-up + its 3 runs
 
 
 def test_latency_defaults_to_available_cpus_not_the_inherited_setting() -> None:
