@@ -37,7 +37,9 @@ BatchSize = Annotated[int | None, typer.Option(help="Training batch size.")]
 Seed = Annotated[int, typer.Option(help="Seed of training (and of the sampler in a search).")]
 Threads = Annotated[
     int | None,
-    typer.Option(help="CPU threads for latency measurement (default: all available cores)."),
+    typer.Option(
+        help="CPU threads for latency measurement (default 1: comparable across machines and workers)."
+    ),
 ]
 CacheDir = Annotated[
     Path | None,
@@ -75,6 +77,6 @@ def proxy_config(
         backbone=backbone,
         backbone_weights=backbone_weights,
         cache_root=cache_dir,
-        latency_threads=threads,
         train=TrainConfig(**train),
+        **({"latency_threads": threads} if threads is not None else {}),
     )

@@ -45,7 +45,7 @@ class ProxyConfig(BaseModel):
     backbone_weights: str = "auto"
     views: tuple[int, ...] = (0, 1, 2)
     cache_root: Path | None = None
-    latency_threads: int | None = None
+    latency_threads: int = Field(1, ge=1)  # batch-1, 1-thread CPU latency: comparable across hosts
     latency_runs: int = Field(100, ge=10)
     latency_warmup: int = Field(3, ge=1)
     train: TrainConfig = TrainConfig()
