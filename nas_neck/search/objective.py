@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nas_neck.dsl import Architecture, OptunaSampler, SearchSpace, load_architecture
-from nas_neck.search.study import Objectives
+from nas_neck.search.study import Objectives, fail_stale_trials
 from nas_neck.search.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 BASELINES_DIR = Path(__file__).parents[2] / "search_spaces"
 _COST_ATTR = {"latency": "latency_ms", "flops": "gflops", "params": "mparams"}
 _DUPLICATE_POLL_S = 2.0
+_HASHLESS_WAIT_S = 60.0  # how long a lower-numbered trial that has not sampled yet is waited for
+_NOT_INHERITED = ("baseline", "mlflow_run_id", "arch", "summary", "arch_hash", "heartbeat", "worker",
+                  "retry_of")
 
 
 @dataclass
@@ -47,9 +50,10 @@ class Objective:
     max_latency_ms: float | None = None
     out_dir: Path = Path("runs")
     hooks: Hooks = field(default_factory=Hooks)
+    native_heartbeat: bool = True  # False on journal storage (see `fail_stale_trials`)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
-        arch = self._architecture(trial)
+        arch = trial_architecture(self.space, trial)
         digest = arch.hash
         trial.set_user_attr("arch_hash", digest)
         trial.set_user_attr("arch", arch.to_dict())
@@ -78,12 +82,6 @@ class Objective:
         return values
 
     # ---- steps -------------------------------------------------------------------------------
-    def _architecture(self, trial: optuna.Trial) -> Architecture:
-        baseline = trial.user_attrs.get("baseline")
-        if baseline:
-            return load_architecture(BASELINES_DIR / f"{baseline}.yaml")
-        return self.space.sample(OptunaSampler(trial))
-
     def _evaluate(self, trial: optuna.Trial, arch: Architecture, digest: str, run_id: str) -> tuple[float, float]:
         original = self._find_original(trial, digest)
         if original is not None:
@@ -116,24 +114,37 @@ class Objective:
 
     def _find_original(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
         """An earlier trial of the same architecture: a finished one, or one still running
-        elsewhere (waited for, so no architecture is trained twice)."""
+        elsewhere (waited for, so no architecture is trained twice).
+
+        Lower-numbered running trials are waited for, including, briefly, one that has not set its
+        `arch_hash` yet (it may be the same architecture); one whose process died is failed as
+        stale meanwhile, which ends the wait.
+        """
+        start = time.monotonic()
         while True:
+            trials = trial.study.get_trials(deepcopy=False)
             same = [
-                t for t in trial.study.get_trials(deepcopy=False)
+                t for t in trials
                 if t.number != trial.number and t.user_attrs.get("arch_hash") == digest
                 and "duplicate_of" not in t.user_attrs
             ]
             done = [t for t in same if t.state == TrialState.COMPLETE]
             if done:
                 return min(done, key=lambda t: t.number)
-            running = [t for t in same if t.state == TrialState.RUNNING and t.number < trial.number]
-            if not running:
+            same_numbers = {t.number for t in same}
+            hashless = time.monotonic() - start < _HASHLESS_WAIT_S
+            ahead = [
+                t for t in trials
+                if t.state == TrialState.RUNNING and t.number < trial.number
+                and (t.number in same_numbers or (hashless and "arch_hash" not in t.user_attrs))
+            ]
+            if not ahead:
                 return None
             time.sleep(_DUPLICATE_POLL_S)
+            fail_stale_trials(trial.study, self.native_heartbeat)
 
     def _reuse(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, run_id: str) -> tuple[float, float]:
-        keep = {k: v for k, v in original.user_attrs.items()
-                if k not in ("baseline", "mlflow_run_id", "arch", "summary", "arch_hash")}
+        keep = {k: v for k, v in original.user_attrs.items() if k not in _NOT_INHERITED}
         for k, v in keep.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("duplicate_of", original.number)
@@ -143,6 +154,15 @@ class Objective:
         self.tracker.log_metrics(run_id, {k: v for k, v in keep.items() if isinstance(v, int | float)})
         log.info("trial %d repeats trial %d's architecture; reusing its result", trial.number, original.number)
         return tuple(original.values)  # type: ignore[return-value]
+
+
+def trial_architecture(space: SearchSpace, trial: optuna.Trial) -> Architecture:
+    """The trial's architecture: its baseline's (user attr `baseline`), else sampled from `space`
+    through the trial (a trial that already holds the parameters gets them back)."""
+    baseline = trial.user_attrs.get("baseline")
+    if baseline:
+        return load_architecture(BASELINES_DIR / f"{baseline}.yaml")
+    return space.sample(OptunaSampler(trial))
 
 
 def _flatten(arch: Architecture) -> dict[str, Any]:

@@ -1,11 +1,16 @@
 """Run a search locally: open or resume the study, enqueue baselines, optimize until N trials
 count, then tag the Pareto front in MLflow.
+
+`prepare_study` is shared with the other launchers (worker processes, Ray Tune): it also stores in
+the study what they need to join it (settings and proxy config, with absolute paths).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,15 +22,23 @@ from nas_neck.search.objective import BASELINES_DIR, Hooks, Objective
 from nas_neck.search.study import (
     DEFAULT_STORAGE,
     Objectives,
+    beating,
+    claimed_count,
     counted,
+    fail_stale_trials,
     finished_count,
+    is_journal,
     open_study,
 )
 from nas_neck.search.tracking import DEFAULT_TRACKING_URI, Tracker
 
+if TYPE_CHECKING:
+    from nas_neck.proxy import ProxyConfig
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SPACE = BASELINES_DIR / "pafpn-family.yaml"
+_WAIT_POLL_S = 2.0  # while the last trials run in other processes
 
 
 class SearchSettings(BaseModel):
@@ -81,25 +94,75 @@ def parent_params(settings: SearchSettings, proxy_config: BaseModel) -> dict[str
     }
 
 
-def run_search(settings: SearchSettings, proxy, hooks: Hooks | None = None,
-               on_trial_end=None) -> optuna.Study:
-    """Optimize until `settings.trials` trials count (complete, or failed with a reason)."""
-    space = SearchSpace.load(settings.space)
+def absolute(settings: SearchSettings, proxy_config: ProxyConfig) -> tuple[SearchSettings, ProxyConfig]:
+    """Copies with every local path absolute (space, outputs, SQLite/journal files, data, cache;
+    the built-in synthetic data resolved to its folder), as other processes need them."""
+    from nas_neck.data.cache import default_cache_root
+    from nas_neck.data.synth import ensure_default_dataset
+
+    def path(p: Path | None) -> Path | None:
+        return None if p is None else Path(p).expanduser().resolve()
+
+    data = proxy_config.data if proxy_config.data is not None else ensure_default_dataset().root
+    proxy_config = proxy_config.model_copy(update={
+        "data": path(data), "val_data": path(proxy_config.val_data), "images": path(proxy_config.images),
+        "cache_root": path(proxy_config.cache_root or default_cache_root()),
+    })
+    settings = settings.model_copy(update={
+        "space": path(settings.space), "out_dir": path(settings.out_dir), "study": settings.study_name,
+        "storage": _absolute_url(settings.storage), "tracking_uri": _absolute_url(settings.tracking_uri),
+    })
+    return settings, proxy_config
+
+
+def _absolute_url(url: str) -> str:
+    """`sqlite:///rel.db` and `journal:rel` made absolute; other URLs unchanged."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        return f"sqlite:///{Path(url.removeprefix('sqlite:///')).resolve()}"
+    if is_journal(url):
+        return f"journal:{Path(url.removeprefix('journal:')).resolve()}"
+    return url
+
+
+def prepare_study(settings: SearchSettings, proxy_config: ProxyConfig) -> tuple[optuna.Study, Tracker, str]:
+    """Open or resume the study and its MLflow parent run, queue the baselines, and store what a
+    worker needs to join (user attrs `settings`, `proxy`); returns (study, tracker, parent run id)."""
     check_baselines(settings.baselines)
     study = open_study(settings.study_name, settings.storage, settings.objectives, settings.sampler, settings.seed)
     study.set_user_attr("space", str(settings.space))
+    shared_settings, shared_proxy = absolute(settings, proxy_config)
+    study.set_user_attr("settings", shared_settings.model_dump(mode="json"))
+    study.set_user_attr("proxy", shared_proxy.model_dump(mode="json"))
     tracker = Tracker(settings.tracking_uri, study.study_name)
-    parent = tracker.parent_run(parent_params(settings, proxy.config))
+    parent = tracker.parent_run(parent_params(settings, proxy_config))
     study.set_user_attr("mlflow_parent_run_id", parent)
     tracker.log_text(parent, Path(settings.space).read_text(), f"space/{Path(settings.space).name}")
     enqueue_baselines(study, settings.baselines)
+    return study, tracker, parent
+
+
+def run_search(settings: SearchSettings, proxy, hooks: Hooks | None = None,
+               on_trial_end=None) -> optuna.Study:
+    """Optimize until `settings.trials` trials count (complete, or failed with a reason).
+
+    Other processes (`nas-neck worker`) may work on the same study: their running trials count
+    toward N, and the search waits for them before writing the report.
+    """
+    space = SearchSpace.load(settings.space)
+    study, tracker, parent = prepare_study(settings, proxy.config)
+    native = not is_journal(settings.storage)
     objective = Objective(space, proxy, tracker, parent, settings.objectives, settings.max_latency_ms,
-                          settings.out_dir, hooks or Hooks())
+                          settings.out_dir, hooks or Hooks(), native_heartbeat=native)
+    func = objective if native else beating(objective)
     attempts = 0
     try:
         while finished_count(study) < settings.trials and attempts < 3 * settings.trials:
+            fail_stale_trials(study, native)
+            if claimed_count(study) >= settings.trials:  # the last ones run elsewhere
+                time.sleep(_WAIT_POLL_S)
+                continue
             attempts += 1
-            study.optimize(objective, n_trials=1, catch=(Exception,),
+            study.optimize(func, n_trials=1, catch=(Exception,),
                            callbacks=[on_trial_end] if on_trial_end else None)
     except KeyboardInterrupt:
         tracker.end(parent, "KILLED")

@@ -3,18 +3,24 @@
 Storage URLs: `sqlite:///nas.db` (the default; one writer process), `postgresql://...` (many
 workers), or a journal file `journal:PATH` / `PATH.journal` (many workers on a shared disk).
 RDB storages run Optuna's heartbeat, so a trial whose process was killed (SIGKILL) is failed after
-the grace period and re-queued once with the same parameters.
+the grace period and re-queued once with the same parameters. Journal storage has no heartbeat, and
+Ray trials run outside `study.optimize`: for those a `Heartbeat` thread stamps a `heartbeat` user
+attr and `fail_stale_trials` does the same job from any process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -27,6 +33,7 @@ DEFAULT_STORAGE = "sqlite:///nas.db"
 ACCURACY_METRICS = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 COST_METRICS = ("latency", "flops", "params")
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
+HEARTBEAT_ATTR = "heartbeat"
 
 def _heartbeat() -> tuple[int, int]:
     """(interval, grace) in seconds; env NAS_NECK_HEARTBEAT_S / NAS_NECK_GRACE_S override."""
@@ -61,9 +68,14 @@ class Objectives:
         return ["maximize", "minimize"]
 
 
+def is_journal(url: str) -> bool:
+    """Whether `url` names a journal file (no heartbeat of Optuna's own, see `Heartbeat`)."""
+    return url.startswith("journal:") or url.endswith((".journal", ".log"))
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the storage behind `url`."""
-    if url.startswith("journal:") or url.endswith((".journal", ".log")):
+    if is_journal(url):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
@@ -119,14 +131,119 @@ def open_study(name: str, storage: str, objectives: Objectives, sampler: str = "
 
 def counted(trial: FrozenTrial) -> bool:
     """Whether a trial counts toward the requested number: complete, or failed for a recorded
-    reason (a trial killed or interrupted without one is run again)."""
+    reason (a trial killed or interrupted without one, or re-queued after its worker died, is run
+    again)."""
     if trial.state == TrialState.COMPLETE:
         return True
-    return trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
+    return (trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
+            and not trial.user_attrs.get("retried"))
 
 
 def finished_count(study: optuna.Study) -> int:
     return sum(counted(t) for t in study.get_trials(deepcopy=False))
+
+
+def claimed_count(study: optuna.Study) -> int:
+    """Finished trials plus those running now (in any process): what N is compared with when
+    several processes share a study."""
+    return sum(counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+class Heartbeat:
+    """Stamps the `heartbeat` user attr (unix time) of the trials it holds, every interval, from a
+    daemon thread, so other processes can tell a live trial from one whose process died.
+
+    Use it where Optuna's own heartbeat does not run: on journal storage, and for Ray trials
+    (the Ray driver beats for every trial it asked until Tune reports it).
+    """
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = interval if interval is not None else _heartbeat()[0]
+        self._trials: dict[int, optuna.Trial] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nas-neck-heartbeat", daemon=True)
+
+    def add(self, trial: optuna.Trial) -> None:
+        """Beat for `trial` from now on (stamps it at once)."""
+        trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+        with self._lock:
+            self._trials[trial.number] = trial
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                trials = list(self._trials.values())
+            for trial in trials:
+                try:
+                    trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+                except UpdateFinishedTrialError:  # finished (or failed as stale elsewhere)
+                    with self._lock:
+                        self._trials.pop(trial.number, None)
+                except Exception as e:  # a storage hiccup must not end the beating
+                    log.warning("heartbeat of trial %d: %s", trial.number, e)
+
+
+def beating(objective: Callable[[optuna.Trial], object]) -> Callable[[optuna.Trial], object]:
+    """`objective` for `study.optimize`, its trial beating while it runs (journal storage)."""
+
+    def run(trial: optuna.Trial) -> object:
+        with Heartbeat() as heartbeat:
+            heartbeat.add(trial)
+            return objective(trial)
+
+    return run
+
+
+def _is_stale(trial: FrozenTrial, now: float, grace: float, native: bool) -> bool:
+    beat = trial.user_attrs.get(HEARTBEAT_ATTR)
+    if beat is None:
+        if native or trial.datetime_start is None:  # Optuna's own heartbeat watches it
+            return False
+        beat = trial.datetime_start.timestamp()
+    return now - beat > grace
+
+
+def fail_stale_trials(study: optuna.Study, native: bool) -> list[int]:
+    """Fail RUNNING trials whose process died (no heartbeat for the grace period) and queue each
+    once more with the same parameters; returns the numbers failed here.
+
+    `native`: the storage runs Optuna's heartbeat (RDB), which this also applies; trials without a
+    `heartbeat` user attr are then left to it. A failed trial keeps `fail_reason` "stale: worker
+    died" and, when re-queued, `retried` (so only its retry counts); the retry has `retry_of`.
+    Safe to call from many processes: only the one whose FAIL lands first re-queues.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    grace, now, failed = _heartbeat()[1], time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _is_stale(t, now, grace, native):
+            continue
+        retry = "retry_of" not in t.user_attrs
+        trial = optuna.trial.Trial(study, t._trial_id)
+        try:
+            trial.set_user_attr("fail_reason", "stale: worker died" + ("" if retry else " twice"))
+            if retry:
+                trial.set_user_attr("retried", True)
+            study.tell(trial, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, ValueError):  # it finished, or another process failed it
+            continue
+        if retry:
+            attrs = {k: v for k, v in t.user_attrs.items() if k == "baseline"}
+            study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number})
+        log.warning("trial %d: no heartbeat for over %.0f s; failed%s", t.number, grace,
+                    " and queued again" if retry else "")
+        failed.append(t.number)
+    return failed
 
 
 def load_existing_study(name: str, storage: str) -> optuna.Study:
