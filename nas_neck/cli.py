@@ -249,3 +249,8 @@ app.command()(pareto)
 from nas_neck.cli_export import export  # noqa: E402
 
 app.command()(export)
+
+
+from nas_neck.cli_distributed import worker  # noqa: E402
+
+app.command()(worker)
