@@ -34,6 +34,7 @@ _NOT_INHERITED = ("baseline", "mlflow_run_id", "arch", "summary", "arch_hash", "
 class Hooks:
     """Callbacks for a progress display (all optional)."""
 
+    search_start: Callable[[int], None] = lambda finished: None
     trial_start: Callable[[int, Architecture], None] = lambda n, arch: None
     epoch: Callable[[int, int, float], None] = lambda epoch, total, loss: None
 

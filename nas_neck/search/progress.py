@@ -30,7 +30,7 @@ class SearchProgress:
         )
         self._trials = self._progress.add_task("trials", total=trials)
         self._epochs = self._progress.add_task("  waiting", total=epochs)
-        self.hooks = Hooks(trial_start=self._trial_start, epoch=self._epoch)
+        self.hooks = Hooks(search_start=self._search_start, trial_start=self._trial_start, epoch=self._epoch)
 
     def __enter__(self) -> SearchProgress:
         self._progress.start()
@@ -41,6 +41,9 @@ class SearchProgress:
 
     def stop(self) -> None:
         self._progress.stop()
+
+    def _search_start(self, finished: int) -> None:
+        self._progress.update(self._trials, completed=finished)
 
     def _trial_start(self, number: int, arch: Architecture) -> None:
         self._progress.update(self._epochs, completed=0, description=f"  trial {number}: {arch.name} {arch.hash}")

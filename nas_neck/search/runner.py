@@ -154,6 +154,7 @@ def run_search(settings: SearchSettings, proxy, hooks: Hooks | None = None,
     objective = Objective(space, proxy, tracker, parent, settings.objectives, settings.max_latency_ms,
                           settings.out_dir, hooks or Hooks(), native_heartbeat=native)
     func = objective if native else beating(objective)
+    objective.hooks.search_start(finished_count(study))  # a resumed study starts where it stopped
     attempts = 0
     try:
         while finished_count(study) < settings.trials and attempts < 3 * settings.trials:
