@@ -73,8 +73,9 @@ def is_journal(url: str) -> bool:
     return url.startswith("journal:") or url.endswith((".journal", ".log"))
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the storage behind `url`."""
+def make_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage behind `url`; `heartbeat=False` for an RDB storage
+    that asks trials outside `study.optimize` (the Ray driver, which beats with `Heartbeat`)."""
     if is_journal(url):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,8 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         raise NasNeckError(f"--storage: expected a database URL (sqlite:///nas.db, postgresql://...) "
                            f"or a journal file (journal:PATH), got {url!r}")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    if not heartbeat:
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
     interval, grace = _heartbeat()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
