@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from typing import TYPE_CHECKING, NoReturn
 
@@ -70,6 +71,7 @@ def ray_search(
     from nas_neck.search.ray_backend import run_ray_search
     from nas_neck.search.study import finished_count
 
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # the progress bar says enough
     where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray instance"
     console.print(
         f"running trials on {where}: {cpus_per_trial} CPU(s), {gpus_per_trial:g} GPU(s) each"

@@ -295,6 +295,13 @@ class _TrialEnd(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.fn()
 
+    def __reduce__(self) -> tuple:  # Tune pickles its run config (for a restore not used here)
+        return _TrialEnd, (_nothing,)
+
+
+def _nothing() -> None:
+    pass
+
 
 # ---- trial (runs as a Ray task, on any node) -----------------------------------------------------
 def _trainable(config: dict[str, Any], job: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
+from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas_neck.dsl import SearchSpace, load_space
@@ -76,8 +77,13 @@ def check_baselines(names: list[str]) -> None:
 
 
 def enqueue_baselines(study: optuna.Study, names: list[str]) -> None:
-    """Queue each baseline once per study (resuming does not queue them again)."""
-    have = {t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)}
+    """Queue each baseline once per study: resuming queues again only one that was interrupted
+    (failed without a reason), not one that finished, runs, or waits."""
+    have = {
+        t.user_attrs.get("baseline")
+        for t in study.get_trials(deepcopy=False)
+        if counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
+    }
     for name in names:
         if name not in have:
             study.enqueue_trial({}, user_attrs={"baseline": name})
