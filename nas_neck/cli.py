@@ -212,8 +212,13 @@ def search(
     seed: opt.Seed = 0,
     threads: opt.Threads = None,
     cache_dir: opt.CacheDir = None,
+    backend: str = typer.Option("local", help="local (this process) or ray (Ray Tune trials on a Ray cluster)."),
+    ray_address: str | None = typer.Option(None, help="Ray cluster to join (auto | HOST:PORT); default: start a local Ray instance."),
+    cpus_per_trial: int = typer.Option(1, help="With --backend ray: CPUs (and torch threads) per trial."),
+    gpus_per_trial: float = typer.Option(0.0, help="With --backend ray: GPUs per trial (fractions share a GPU)."),
+    max_concurrent: int | None = typer.Option(None, help="With --backend ray: trials at once (default: what the cluster fits)."),
 ) -> None:
-    """Multi-objective neck search (accuracy vs cost) with Optuna, tracked in MLflow."""
+    """Multi-objective neck search (accuracy vs cost) with Optuna, tracked in MLflow; locally or on Ray."""
     from nas_neck.proxy import ProxyTask
     from nas_neck.search.progress import SearchProgress
     from nas_neck.search.runner import SearchSettings, run_search
@@ -228,14 +233,21 @@ def search(
     load_space(space)
     config = opt.proxy_config(data, val_data, images, input_size, backbone, backbone_weights, epochs,
                               batch_size, seed, threads, cache_dir)
-    proxy = ProxyTask(config)
-    with SearchProgress(console, settings.trials, config.train.epochs) as progress:
-        try:
-            study_ = run_search(settings, proxy, progress.hooks, progress.on_trial_end)
-        except KeyboardInterrupt:
-            progress.stop()
-            console.print("[yellow]interrupted[/]: finished trials are saved; rerun the same command to resume.")
-            raise typer.Exit(130) from None
+    if backend not in ("local", "ray"):
+        raise NasNeckError(f"--backend: expected local or ray, got {backend!r}")
+    if backend == "ray":
+        from nas_neck.cli_distributed import ray_search
+
+        study_ = ray_search(settings, config, ray_address, cpus_per_trial, gpus_per_trial, max_concurrent)
+    else:
+        proxy = ProxyTask(config)
+        with SearchProgress(console, settings.trials, config.train.epochs) as progress:
+            try:
+                study_ = run_search(settings, proxy, progress.hooks, progress.on_trial_end)
+            except KeyboardInterrupt:
+                progress.stop()
+                console.print("[yellow]interrupted[/]: finished trials are saved; rerun the same command to resume.")
+                raise typer.Exit(130) from None
     from nas_neck.search.report import front_table
 
     console.print(front_table(study_, settings.objectives))
