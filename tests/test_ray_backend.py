@@ -2,8 +2,11 @@
 same study, MLflow runs and front structure as a local search of the same settings."""
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -11,10 +14,11 @@ import pytest
 from optuna.trial import TrialState
 from search_fixtures import tiny_config, tiny_proxy
 
+from nas_neck.errors import NasNeckError
 from nas_neck.pareto import front_trials
 from nas_neck.search.ray_backend import run_ray_search
 from nas_neck.search.runner import SearchSettings, run_search
-from nas_neck.search.study import counted
+from nas_neck.search.study import counted, load_existing_study
 
 SPACES = Path(__file__).parents[1] / "search_spaces"
 LAUNCHER_ATTRS = {"heartbeat", "worker"}  # who ran a trial, and when it was last alive
@@ -132,6 +136,33 @@ def test_a_failing_ray_trial_ends_fail_with_its_reason(cluster, root):
     )
     _, children = _mlflow(root, "ray-fails")
     assert [c.info.status for c in children.values()] == ["FAILED"]
+
+
+def test_a_ray_trial_whose_task_dies_is_restarted_on_the_same_optuna_trial(cluster, root):
+    settings = _settings(root, "ray-dies", space=SPACES / "light.yaml", trials=1, baselines=[])
+    killed: list[int] = []
+
+    def kill_the_training_task() -> None:
+        while not killed:
+            time.sleep(0.3)
+            try:
+                trials = load_existing_study("ray-dies", settings.storage).trials
+            except NasNeckError:  # not created yet
+                continue
+            for t in trials:
+                if t.state == TrialState.RUNNING and "latency_ms" in t.user_attrs:
+                    killed.append(int(t.user_attrs["worker"].rsplit(":", 1)[1]))
+                    os.kill(killed[0], signal.SIGKILL)
+
+    threading.Thread(target=kill_the_training_task, daemon=True).start()
+    study = run_ray_search(settings, tiny_config(root, epochs=60), ray_address=cluster.address)
+    (trial,) = study.trials  # Tune ran the trial again, on the same Optuna trial
+    assert killed and trial.state == TrialState.COMPLETE
+    assert not trial.user_attrs["worker"].endswith(f":{killed[0]}")
+    _, children = _mlflow(root, "ray-dies")
+    statuses = {run_id: c.info.status for run_id, c in children.items()}
+    assert statuses.pop(trial.user_attrs["mlflow_run_id"]) == "FINISHED"
+    assert list(statuses.values()) == ["KILLED"]  # the first attempt's run
 
 
 def test_without_an_address_a_local_ray_is_started_with_a_token_and_shut_down(root, tmp_path):
