@@ -1,155 +1,136 @@
-"""Benchmark the data layer: synthetic-plate throughput and the feature cache's training speedup.
+"""Cache speedup: a training trial with and without the feature cache at 512 px (issue 9, study 1).
 
-(a) images per second of `generate_synthetic` (default pool, JPEG writing included);
-(b) seconds per training step of a small neck+head-like module fed from the feature cache versus
-    fed by running the frozen backbone every step (images decoded and letterboxed every step, as
-    a data loader would, and, separately, already decoded in memory), plus the one-time cache
-    build and the number of steps after which it has paid for itself.
+Trains the same detector (PAFPN neck + the fixed head, same seed, same batches, same loss and
+optimizer: `nas_neck.detect.trainer.train`) for one epoch over `--size` synthetic plates twice:
+fed from the feature cache, and fed live, decoding and letterboxing each image and running the
+frozen backbone every step, as a trainer without the cache would. Also times the one-time cache
+build and says after how many trials it has paid for itself. Target: >= 3x.
 
-    python experiments/bench_cache.py [--n 100] [--size 512] [--steps 20] [--batch 8] [--out FILE]
-
-Prints the figures and writes them as JSON (default experiments/out/bench_cache.json).
+    python experiments/bench_cache.py [--size 160] [--image-size 512] [--arch pafpn] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import random
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
-from torch import nn
+from _common import OUT, ROOT, write_result
 
 from nas_neck.backbone import FrozenBackbone
 from nas_neck.data.cache import FeatureCache
 from nas_neck.data.coco import CocoDetection
 from nas_neck.data.synth import generate_synthetic
+from nas_neck.detect.trainer import Detector, TrainConfig, train
+from nas_neck.dsl import load_architecture
 
 
-class TinyNeckHead(nn.Module):
-    """Neck+head stand-in: 1x1 lateral convs, a top-down sum, two 3x3 convs and a prediction conv."""
+class _LiveFeatures:
+    """The cache's interface computed on the fly: decode, letterbox, backbone, every step."""
 
-    def __init__(self, channels: list[int], width: int = 64, outputs: int = 8) -> None:
-        super().__init__()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
-        self.tower = nn.Sequential(
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.SiLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.SiLU(),
-            nn.Conv2d(width, outputs, 1),
-        )  # fmt: skip
+    def __init__(
+        self, dataset: CocoDetection, backbone: FrozenBackbone, cache: FeatureCache
+    ) -> None:
+        self.dataset, self.backbone, self.cache = dataset, backbone, cache
 
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        maps = [conv(f) for conv, f in zip(self.lateral, feats, strict=True)]
-        for i in range(len(maps) - 2, -1, -1):
-            maps[i] = maps[i] + nn.functional.interpolate(
-                maps[i + 1], size=maps[i].shape[-2:], mode="nearest"
-            )
-        return [self.tower(m) for m in maps]
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def features(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        return self.backbone(torch.stack([self.dataset[i][0] for i in indices]))
+
+    def targets(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        return self.cache.targets(indices)  # identical boxes; only the features' source differs
 
 
-def _time_steps(model: nn.Module, get_features, batches: list[list[int]], warmup: int = 2) -> float:
-    """Mean seconds per optimizer step over `batches` after `warmup` untimed steps."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    model.train()
-    start = 0.0
-    for step, idx in enumerate(batches):
-        if step == warmup:
-            start = time.perf_counter()
-        loss = sum(o.square().mean() for o in model(get_features(idx)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (time.perf_counter() - start) / (len(batches) - warmup)
+class _Head:
+    """The first `n` samples of a feature source: a one-step warm-up run, left out of the timing."""
+
+    def __init__(self, source: FeatureCache | _LiveFeatures, n: int) -> None:
+        self.source, self.n = source, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def features(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        return self.source.features(indices)
+
+    def targets(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        return self.source.targets(indices)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--n", type=int, default=100, help="synthetic images to draw (and to cache)"
-    )
-    parser.add_argument("--size", type=int, default=512, help="image side in pixels")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per mode")
-    parser.add_argument("--batch", type=int, default=8, help="batch size")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
-    parser.add_argument("--out", type=Path, default=Path("experiments/out/bench_cache.json"))
-    args = parser.parse_args()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=160, help="training plates (one epoch)")
+    p.add_argument("--image-size", type=int, default=512, help="image side in pixels")
+    p.add_argument("--arch", default="pafpn", help="a fixed graph under search_spaces/")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--out", type=Path, default=OUT / "bench_cache.json")
+    args = p.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1)
+    arch = load_architecture(ROOT / "search_spaces" / f"{args.arch}.yaml")
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        paths = generate_synthetic(
-            Path(tmp) / "synth", n_train=args.n, n_val=0, size=args.size, seed=0
+        data = generate_synthetic(
+            Path(tmp) / "synth", n_train=args.size, n_val=0, size=args.image_size
         )
         gen_s = time.perf_counter() - start
-        print(
-            f"(a) generator: {args.n} plates at {args.size} px in {gen_s:.1f} s = {args.n / gen_s:.1f} images/s"
-        )
-
-        dataset = CocoDetection(paths.train_ann, size=args.size)
+        dataset = CocoDetection(data.train_ann, data.image_dir, args.image_size)
         backbone = FrozenBackbone()
         start = time.perf_counter()
-        cache = FeatureCache.build(
-            dataset, backbone, root=Path(tmp) / "cache", views=(0,), progress=False
-        )
+        cache = FeatureCache.build(dataset, backbone, root=Path(tmp) / "cache", progress=False)
         build_s = time.perf_counter() - start
+        seconds = {}
+        for mode, source in (("cache", cache), ("live", _LiveFeatures(dataset, backbone, cache))):
+            warm = Detector(arch, backbone.channels, dataset.num_classes, cfg)
+            train(warm, _Head(source, cfg.batch_size), cfg, torch.device("cpu"))
+            torch.manual_seed(cfg.seed)
+            model = Detector(arch, backbone.channels, dataset.num_classes, cfg)
+            result = train(model, source, cfg, torch.device("cpu"))
+            seconds[mode] = result.seconds
+            print(
+                f"{mode:>5}: {result.steps} steps in {result.seconds:.1f} s "
+                f"({1000 * result.seconds / result.steps:.0f} ms/step), final loss {result.losses[-1]:.4f}"
+            )
 
-        rng = random.Random(0)
-        batches = [rng.sample(range(len(dataset)), args.batch) for _ in range(args.steps + 2)]
-        decoded = {i: dataset[i][0] for i in sorted({i for b in batches for i in b})}
-        results = {}
-        for mode, get_features in (
-            ("cache", cache.features),
-            ("backbone_decoded", lambda idx: backbone(torch.stack([decoded[i] for i in idx]))),
-            ("backbone_from_disk", lambda idx: backbone(torch.stack([dataset[i][0] for i in idx]))),
-        ):
-            torch.manual_seed(0)
-            model = TinyNeckHead(backbone.channels)
-            results[mode] = _time_steps(model, get_features, batches)
-
-    speedup = results["backbone_from_disk"] / results["cache"]
-    saved = results["backbone_from_disk"] - results["cache"]
-    report = {
-        "size": args.size,
-        "n_images": args.n,
-        "batch": args.batch,
-        "steps": args.steps,
-        "threads": args.threads,
-        "generator_s": gen_s,
-        "generator_images_per_s": args.n / gen_s,
-        "cache_build_s": build_s,
-        "step_s": results,
-        "speedup_vs_backbone_from_disk": speedup,
-        "speedup_vs_backbone_decoded": results["backbone_decoded"] / results["cache"],
-        "cache_pays_off_after_steps": build_s / saved if saved > 0 else None,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "load_avg": os.getloadavg(),
-            "platform": platform.platform(),
-        },
-        "torch": torch.__version__,
-    }
-    print(f"    cache build (once): {build_s:.1f} s for {args.n} images")
-    print(f"(b) training step, batch {args.batch} at {args.size} px ({args.threads} threads):")
-    for mode, seconds in results.items():
-        print(f"    {mode:20s} {seconds * 1000:8.1f} ms/step")
-    print(f"    speedup from the cache: {speedup:.1f}x vs backbone+decode, "
-          f"{report['speedup_vs_backbone_decoded']:.1f}x vs backbone on decoded images")  # fmt: skip
-    if report["cache_pays_off_after_steps"]:
-        print(
-            f"    the cache pays for itself after {report['cache_pays_off_after_steps']:.0f} training steps"
-        )
-    print(f"    load average during the run: {os.getloadavg()}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    speedup = seconds["live"] / seconds["cache"]
+    saved = seconds["live"] - seconds["cache"]
+    pays_off = build_s / saved if saved > 0 else float("inf")
+    print(
+        f"cache build (once per dataset, size and backbone): {build_s:.1f} s; "
+        f"generator {args.size / gen_s:.1f} plates/s at {args.image_size} px"
+    )
+    print(
+        f"speedup {speedup:.1f}x per trial (target >= 3x); the cache pays for itself after "
+        f"{pays_off:.2f} trials"
+    )
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.barh(
+        ["live backbone", "feature cache", "cache build (once)"],
+        [seconds["live"], seconds["cache"], build_s],
+        color=["#ff7f0e", "#1f77b4", "#9a9a9a"],
+    )
+    ax.set(
+        xlabel="seconds",
+        title=f"one training epoch, {args.size} plates at {args.image_size} px, "
+        f"{args.arch}: {speedup:.1f}x",
+    )
+    result = {
+        "study": "cache speedup",
+        "command": f"python experiments/bench_cache.py --size {args.size} --image-size {args.image_size} "
+                   f"--arch {args.arch} --threads {args.threads}",
+        "arch": args.arch, "plates": args.size, "image_size": args.image_size, "threads": args.threads,
+        "train_s": seconds, "cache_build_s": build_s, "speedup": speedup, "target": 3.0,
+        "cache_pays_off_after_trials": pays_off, "generator_plates_per_s": args.size / gen_s,
+    }  # fmt: skip
+    write_result(args.out, result, fig)
 
 
 if __name__ == "__main__":

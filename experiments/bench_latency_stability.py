@@ -8,22 +8,25 @@ coefficient of variation (CV) of the medians; also the CV of the p10s, which oth
 a shared machine disturb less (timeit's reasoning for its minimum), and the 1-minute load
 average each process started under, so a noisy host shows up in the result.
 
-    python experiments/bench_latency_stability.py --threads 1 --out latency_stability.json
+    python experiments/bench_latency_stability.py [--size 5] [--threads 1] [--input-size 384]
+
+Issue 9, study 2. `--size` is the number of processes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import platform
 import statistics
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from _common import OUT, write_result
 from torch import Tensor, nn
 
 from nas_neck.device import available_cpus
@@ -73,32 +76,34 @@ def _cv(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--processes", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="default: available CPUs")
+    parser.add_argument("--size", type=int, default=5, help="processes")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (the search's default)"
+    )
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--input-size", type=int, default=384)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="write the result as JSON here")
+    parser.add_argument("--out", type=Path, default=OUT / "latency_stability.json")
     args = parser.parse_args()
 
     config = {
-        "threads": args.threads or available_cpus(),
+        "threads": args.threads,
         "runs": args.runs,
         "warmup": args.warmup,
-        "size": args.size,
+        "size": args.input_size,
         "width": args.width,
         "device": args.device,
     }
     neck = PlainFPN(BACKBONE_CHANNELS, args.width)
-    inputs = feature_inputs(BACKBONE_CHANNELS, STRIDES, args.size)
+    inputs = feature_inputs(BACKBONE_CHANNELS, STRIDES, args.input_size)
     flops, params = count_flops(neck, inputs), count_params(neck)
 
     # one process per measurement, sequentially, so they do not compete for the cores
     spawn = multiprocessing.get_context("spawn")
     results = []
-    for i in range(args.processes):
+    for i in range(args.size):
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             result = pool.submit(_measure_once, config).result()
         results.append(result)
@@ -115,29 +120,41 @@ def main() -> None:
         f"{100 * cv:.2f}% (target <= 5%), CV of p10 {100 * cv_p10:.2f}%; "
         f"FLOPs (2 per MAC) {flops / 1e9:.3f} G, params {params / 1e6:.3f} M"
     )
-    if args.out:
-        summary = {
-            "config": config,
-            "module": "PlainFPN",
-            "backbone_channels": BACKBONE_CHANNELS,
-            "strides": STRIDES,
-            "flops_2_per_mac": flops,
-            "params": params,
-            "processes": results,
-            "medians_ms": medians,
-            "cv": cv,
-            "cv_p10": cv_p10,
-            "host": {
-                "cpus_available": available_cpus(),
-                "machine": platform.machine(),
-                "processor": platform.processor(),
-                "torch": torch.__version__,
-                "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-            },
-        }
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=2)
-        print(f"wrote {args.out}")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.errorbar(
+        range(len(results)),
+        medians,
+        yerr=[
+            [m - r["p10_ms"] for m, r in zip(medians, results, strict=True)],
+            [r["p90_ms"] - m for m, r in zip(medians, results, strict=True)],
+        ],
+        fmt="o",
+        capsize=4,
+    )
+    ax.set(
+        xlabel="process",
+        ylabel="latency, ms (median, p10-p90)",
+        title=f"PlainFPN at {args.input_size} px, {config['threads']} thread(s): CV {100 * cv:.1f} %",
+    )
+    ax.grid(alpha=0.3)
+    summary = {
+        "study": "latency stability",
+        "command": f"python experiments/bench_latency_stability.py --size {args.size} "
+        f"--threads {args.threads} --input-size {args.input_size}",
+        "config": config,
+        "module": "PlainFPN",
+        "backbone_channels": BACKBONE_CHANNELS,
+        "strides": STRIDES,
+        "flops_2_per_mac": flops,
+        "params": params,
+        "processes": results,
+        "medians_ms": medians,
+        "cv": cv,
+        "cv_p10": cv_p10,
+        "target_cv": 0.05,
+        "cpus_available": available_cpus(),
+    }
+    write_result(args.out, summary, fig)
 
 
 if __name__ == "__main__":

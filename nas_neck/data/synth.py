@@ -166,7 +166,8 @@ def _draw_split(
     ]
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     if workers > 1 and count >= 8:
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        # not fork: forking a process that already runs threads (torch, Ray, MLflow) can deadlock
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         with mp.get_context(method).Pool(workers) as pool:
             results = pool.map(_draw_one, jobs, chunksize=4)
     else:

@@ -1,0 +1,44 @@
+"""Shared bits of the experiment scripts: where results go, what machine made them, the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+OUT = ROOT / "experiments" / "out"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: enough to compare two runs of a study."""
+    return {
+        "date": str(date.today()),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def write_result(path: Path, result: dict[str, Any], fig: plt.Figure | None = None) -> None:
+    """Write the JSON result (with the machine) and, when given, its plot as a PNG beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "machine": machine()}, indent=2))
+    print(f"wrote {path}")
+    if fig is not None:
+        png = path.with_suffix(".png")
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+        plt.close(fig)
+        print(f"wrote {png}")
