@@ -23,7 +23,11 @@ from nas_neck.dsl import Architecture
 log = logging.getLogger(__name__)
 
 EDGE_COLORS = {"top-down": "#1f77b4", "bottom-up": "#d62728", "lateral": "#555555"}
-_MEANING = {"top-down": "to a finer level", "bottom-up": "to a coarser level", "lateral": "same level"}
+_MEANING = {
+    "top-down": "to a finer level",
+    "bottom-up": "to a coarser level",
+    "lateral": "same level",
+}
 _OUTPUT_COLOR = "#2ca02c"
 _W, _H = 0.7, 0.62  # box size; columns and rows are 1 apart
 _STEP = 0.055  # spacing of parallel routed edges in one gap
@@ -40,34 +44,88 @@ def plot_architecture(arch: Architecture, path: str | Path) -> Path:
     cols = _columns(live)
     out_col = max(cols.values(), default=0) + 1
     levels = sorted(set(arch.cell_levels) | {n.level for n in live.nodes})
-    fig = Figure(figsize=(1.5 * (out_col + 1) + 1.2, 1.0 * len(levels) + 1.6), dpi=160, layout="constrained")
+    fig = Figure(
+        figsize=(1.5 * (out_col + 1) + 1.2, 1.0 * len(levels) + 1.6), dpi=160, layout="constrained"
+    )
     ax = fig.subplots()
     layout = _Layout()
 
-    def box(key: str, col: int, level: int, text: str, face: str, edge: str = "black", lw: float = 0.8,
-            ls: str = "-", width: float = _W) -> None:
+    def box(
+        key: str,
+        col: int,
+        level: int,
+        text: str,
+        face: str,
+        edge: str = "black",
+        lw: float = 0.8,
+        ls: str = "-",
+        width: float = _W,
+    ) -> None:
         layout.boxes[key] = (col, level, width)
-        ax.add_patch(FancyBboxPatch((col - width / 2, level - _H / 2), width, _H,
-                                    boxstyle="round,pad=0,rounding_size=0.07", facecolor=face, edgecolor=edge,
-                                    linewidth=lw, linestyle=ls, zorder=2))
+        ax.add_patch(
+            FancyBboxPatch(
+                (col - width / 2, level - _H / 2),
+                width,
+                _H,
+                boxstyle="round,pad=0,rounding_size=0.07",
+                facecolor=face,
+                edgecolor=edge,
+                linewidth=lw,
+                linestyle=ls,
+                zorder=2,
+            )
+        )
         ax.text(col, level, text, ha="center", va="center", fontsize=7, zorder=3, linespacing=1.3)
 
     def arrow(points: list[tuple[float, float]], color: str, ls: str = "-") -> None:
-        ax.add_patch(FancyArrowPatch(path=MplPath(points), arrowstyle="-|>", mutation_scale=9, color=color,
-                                     linewidth=1.1, linestyle=ls, joinstyle="round", zorder=1))
+        ax.add_patch(
+            FancyArrowPatch(
+                path=MplPath(points),
+                arrowstyle="-|>",
+                mutation_scale=9,
+                color=color,
+                linewidth=1.1,
+                linestyle=ls,
+                joinstyle="round",
+                zorder=1,
+            )
+        )
 
     for lvl in arch.cell_levels:
         extra = lvl in arch.extra_levels
-        box(f"P{lvl}", 0, lvl, f"P{lvl}\n{'extra: ' + arch.extra_downsample if extra else 'backbone'}",
-            face="#f2f2f2", ls="--" if extra else "-")
+        box(
+            f"P{lvl}",
+            0,
+            lvl,
+            f"P{lvl}\n{'extra: ' + arch.extra_downsample if extra else 'backbone'}",
+            face="#f2f2f2",
+            ls="--" if extra else "-",
+        )
     for n in live.nodes:
         block = "no block" if n.block == "none" else f"{n.block}×{n.depth}"
-        box(n.name, cols[n.name], n.level, f"{n.name}\n{n.fuse}\n{block} · w{n.width}", face="white",
-            edge=_OUTPUT_COLOR if n.output else "black", lw=1.8 if n.output else 0.8)
+        box(
+            n.name,
+            cols[n.name],
+            n.level,
+            f"{n.name}\n{n.fuse}\n{block} · w{n.width}",
+            face="white",
+            edge=_OUTPUT_COLOR if n.output else "black",
+            lw=1.8 if n.output else 0.8,
+        )
     for n in live.outputs:
-        box(f"out{n.level}", out_col, n.level, f"P{n.level} out", face="#e8f5e9", edge=_OUTPUT_COLOR, width=0.55)
+        box(
+            f"out{n.level}",
+            out_col,
+            n.level,
+            f"P{n.level} out",
+            face="#e8f5e9",
+            edge=_OUTPUT_COLOR,
+            width=0.55,
+        )
 
-    for lvl in arch.extra_levels:  # an extra level downsamples the level below it, in the input column
+    for (
+        lvl
+    ) in arch.extra_levels:  # an extra level downsamples the level below it, in the input column
         arrow([(0, lvl - 1 + _H / 2), (0, lvl - _H / 2)], EDGE_COLORS["bottom-up"], ls="--")
     for n in live.nodes:
         for ref in n.inputs:
@@ -83,14 +141,29 @@ def plot_architecture(arch: Architecture, path: str | Path) -> Path:
     ax.tick_params(length=0, labelsize=8)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    cell = f", cell ×{arch.repeat} drawn once (later cells read the previous cell's outputs)" if arch.repeat > 1 else ""
+    cell = (
+        f", cell ×{arch.repeat} drawn once (later cells read the previous cell's outputs)"
+        if arch.repeat > 1
+        else ""
+    )
     ax.set_title(f"{arch.name} [{arch.hash}]{cell}\n{arch.short()}", fontsize=9)
-    handles = [Line2D([], [], color=c, lw=1.6, label=f"{k} ({_MEANING[k]})") for k, c in EDGE_COLORS.items()]
+    handles = [
+        Line2D([], [], color=c, lw=1.6, label=f"{k} ({_MEANING[k]})")
+        for k, c in EDGE_COLORS.items()
+    ]
     handles.append(Line2D([], [], color=_OUTPUT_COLOR, lw=1.8, label="output node"))
     if dead := len(arch.nodes) - len(live.nodes):
-        handles.append(Line2D([], [], ls="none", label=f"{dead} unused node{'s' * (dead > 1)} not drawn"))
-    ax.legend(handles=handles, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.06),
-              ncols=len(handles), frameon=False)
+        handles.append(
+            Line2D([], [], ls="none", label=f"{dead} unused node{'s' * (dead > 1)} not drawn")
+        )
+    ax.legend(
+        handles=handles,
+        fontsize=7.5,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.06),
+        ncols=len(handles),
+        frameon=False,
+    )
     path = Path(path)
     fig.savefig(path)
     log.debug("wrote %s", path)
@@ -101,7 +174,9 @@ def plot_architecture(arch: Architecture, path: str | Path) -> Path:
 class _Layout:
     """Box positions and the routing of edges through the gaps between them."""
 
-    boxes: dict[str, tuple[int, int, float]] = field(default_factory=dict)  # key -> column, level, width
+    boxes: dict[str, tuple[int, int, float]] = field(
+        default_factory=dict
+    )  # key -> column, level, width
     used: dict[tuple[str, float], int] = field(default_factory=dict)  # gap -> edges already in it
 
     def route(self, src: str, dst: str) -> list[tuple[float, float]]:
@@ -112,7 +187,9 @@ class _Layout:
         start, end = (cs + ws / 2, float(ys)), (cd - wd / 2, float(yd))
         if self._clear(start, end, {src, dst}):
             return [start, end]
-        lane = ys + (0.5 if yd >= ys else -0.5) + self._offset("row", ys + (0.5 if yd >= ys else -0.5))
+        lane = (
+            ys + (0.5 if yd >= ys else -0.5) + self._offset("row", ys + (0.5 if yd >= ys else -0.5))
+        )
         x1 = cs + 0.5 + self._offset("col", cs + 0.5)
         x2 = cd - 0.5 + self._offset("col", cd - 0.5)
         return [start, (x1, ys), (x1, lane), (x2, lane), (x2, yd), end]
@@ -128,7 +205,9 @@ class _Layout:
         for key, (c, lvl, w) in self.boxes.items():
             if key in skip:
                 continue
-            inside = (np.abs(pts[:, 0] - c) < w / 2 + 0.02) & (np.abs(pts[:, 1] - lvl) < _H / 2 + 0.02)
+            inside = (np.abs(pts[:, 0] - c) < w / 2 + 0.02) & (
+                np.abs(pts[:, 1] - lvl) < _H / 2 + 0.02
+            )
             if inside.any():
                 return False
         return True

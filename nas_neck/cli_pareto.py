@@ -21,19 +21,37 @@ from nas_neck.search.study import (
     load_existing_study,
 )
 
-_COST_COLUMNS = (("latency_ms", "latency (ms)", ".2f"), ("gflops", "GFLOPs", ".3f"), ("mparams", "params (M)", ".3f"))
+_COST_COLUMNS = (
+    ("latency_ms", "latency (ms)", ".2f"),
+    ("gflops", "GFLOPs", ".3f"),
+    ("mparams", "params (M)", ".3f"),
+)
 
 
 @friendly
 def pareto(
     study: str = typer.Option(..., "--study", help="Study name."),
     storage: str = typer.Option(DEFAULT_STORAGE, help="Optuna storage URL, or journal:PATH."),
-    x: str | None = typer.Option(None, "--x", help=f"Cost axis: {' | '.join(COST_METRICS)} (default: the study's cost)."),
-    y: str | None = typer.Option(None, "--y", help=f"Accuracy axis: {' | '.join(ACCURACY_METRICS)} (default: the study's accuracy)."),
-    compare: list[str] | None = typer.Option(None, "--compare", help="Another study in the same storage, drawn in its own colour (repeat, or comma-separate)."),
-    max_latency_ms: float | None = typer.Option(None, help="Pick the most accurate trial at most this slow, and draw the budget."),
+    x: str | None = typer.Option(
+        None, "--x", help=f"Cost axis: {' | '.join(COST_METRICS)} (default: the study's cost)."
+    ),
+    y: str | None = typer.Option(
+        None,
+        "--y",
+        help=f"Accuracy axis: {' | '.join(ACCURACY_METRICS)} (default: the study's accuracy).",
+    ),
+    compare: list[str] | None = typer.Option(
+        None,
+        "--compare",
+        help="Another study in the same storage, drawn in its own colour (repeat, or comma-separate).",
+    ),
+    max_latency_ms: float | None = typer.Option(
+        None, help="Pick the most accurate trial at most this slow, and draw the budget."
+    ),
     out: Path | None = typer.Option(None, help="Output folder (default: runs/<study>)."),
-    tracking_uri: str | None = typer.Option(None, help="Also log the files to the study's MLflow parent run at this URI."),
+    tracking_uri: str | None = typer.Option(
+        None, help="Also log the files to the study's MLflow parent run at this URI."
+    ),
 ) -> None:
     """Pareto front of a study: table, hypervolume, knee and best-under-budget picks, PNG and HTML plots."""
     main = load_existing_study(study, storage)
@@ -55,19 +73,30 @@ def pareto(
     )
     console.print(_baseline_line(report))
     if report["knee"] is not None:
-        console.print(f"knee: trial [bold]{report['knee']}[/] — farthest above the line joining the front's "
-                      "cheapest and most accurate trials, axes min-max normalised to the front")
+        console.print(
+            f"knee: trial [bold]{report['knee']}[/] — farthest above the line joining the front's "
+            "cheapest and most accurate trials, axes min-max normalised to the front"
+        )
     if max_latency_ms is not None:
         best = report["best_under"]
-        console.print(f"best under {max_latency_ms:g} ms: " + (
-            f"trial [bold]{best}[/] (most accurate feasible trial with neck latency ≤ {max_latency_ms:g} ms)"
-            if best is not None else f"[yellow]no feasible trial has a neck latency ≤ {max_latency_ms:g} ms[/]"))
+        console.print(
+            f"best under {max_latency_ms:g} ms: "
+            + (
+                f"trial [bold]{best}[/] (most accurate feasible trial with neck latency ≤ {max_latency_ms:g} ms)"
+                if best is not None
+                else f"[yellow]no feasible trial has a neck latency ≤ {max_latency_ms:g} ms[/]"
+            )
+        )
     if others:
         console.print(_compare_table(report))
     c = report["counts"]
-    console.print(f"{c['complete']} complete trials ({c['feasible']} feasible, {c['infeasible']} over budget), "
-                  f"{c['failed']} failed")
-    console.print(f"wrote {report['png']}\n      {report['html']}\n      {report['table']}", highlight=False)
+    console.print(
+        f"{c['complete']} complete trials ({c['feasible']} feasible, {c['infeasible']} over budget), "
+        f"{c['failed']} failed"
+    )
+    console.print(
+        f"wrote {report['png']}\n      {report['html']}\n      {report['table']}", highlight=False
+    )
     if tracking_uri:
         run = log_to_mlflow(main, report, tracking_uri)
         console.print(f"logged to MLflow run {run} (artifacts under pareto/) at {tracking_uri}")
@@ -82,21 +111,32 @@ def show_trial(study: str, storage: str, trial: int, plot_path: Path | None = No
     trials = loaded.get_trials(deepcopy=False)
     found = [t for t in trials if t.number == trial]
     if not found:
-        raise NasNeckError(f"study {study!r} has no trial {trial}; its trials are 0..{len(trials) - 1}"
-                           if trials else f"study {study!r} has no trials")
+        raise NasNeckError(
+            f"study {study!r} has no trial {trial}; its trials are 0..{len(trials) - 1}"
+            if trials
+            else f"study {study!r} has no trials"
+        )
     t = found[0]
     if "arch" not in t.user_attrs:
-        raise NasNeckError(f"trial {trial} of study {study!r} ({t.state.name.lower()}) records no architecture")
+        raise NasNeckError(
+            f"trial {trial} of study {study!r} ({t.state.name.lower()}) records no architecture"
+        )
     arch = SearchSpace.from_dict(t.user_attrs["arch"], source=f"{study}#{trial}").sample()
     a = t.user_attrs
     what = f"baseline {a['baseline']}" if a.get("baseline") else "searched"
-    console.print(f"trial [bold]{trial}[/] of {study} ({t.state.name.lower()}, {what}"
-                  f"{', repeats trial ' + str(a['duplicate_of']) if 'duplicate_of' in a else ''})")
+    console.print(
+        f"trial [bold]{trial}[/] of {study} ({t.state.name.lower()}, {what}"
+        f"{', repeats trial ' + str(a['duplicate_of']) if 'duplicate_of' in a else ''})"
+    )
     console.print(arch.summary(), markup=False, highlight=False)
     metrics = [f"{k} {a[k]:.4f}" for k in (*ACCURACY_METRICS, "count_mae") if _finite(a.get(k))]
     costs = [f"{label} {a[k]:{fmt}}" for k, label, fmt in _COST_COLUMNS if _finite(a.get(k))]
-    for line in (" · ".join(metrics), " · ".join(costs), a.get("fail_reason") and f"failed: {a['fail_reason']}",
-                 a.get("checkpoint") and f"checkpoint: {a['checkpoint']}"):
+    for line in (
+        " · ".join(metrics),
+        " · ".join(costs),
+        a.get("fail_reason") and f"failed: {a['fail_reason']}",
+        a.get("checkpoint") and f"checkpoint: {a['checkpoint']}",
+    ):
         if line:
             console.print(line, markup=False, highlight=False)
     if plot_path is not None:
@@ -111,10 +151,18 @@ def _names(compare: list[str] | None) -> list[str]:
     return [n.strip() for item in compare or [] for n in item.split(",") if n.strip()]
 
 
-def _front_table(study: optuna.Study, front: list[optuna.trial.FrozenTrial], x: str, y: str,
-                 picks: dict[int, list[str]], report: dict) -> Table:
-    table = Table(title=f"Pareto front of {study.study_name}: {y} vs {x}, "
-                        f"{len(front)} of {report['counts']['complete']} complete trials")
+def _front_table(
+    study: optuna.Study,
+    front: list[optuna.trial.FrozenTrial],
+    x: str,
+    y: str,
+    picks: dict[int, list[str]],
+    report: dict,
+) -> Table:
+    table = Table(
+        title=f"Pareto front of {study.study_name}: {y} vs {x}, "
+        f"{len(front)} of {report['counts']['complete']} complete trials"
+    )
     for col in ("trial", y, *(label for _, label, _ in _COST_COLUMNS)):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("pick", no_wrap=True)
@@ -124,18 +172,27 @@ def _front_table(study: optuna.Study, front: list[optuna.trial.FrozenTrial], x: 
         a = t.user_attrs
         kind = f"[bold]{escape(a['baseline'])}[/]" if a.get("baseline") else "searched"
         costs = [f"{a[k]:{fmt}}" if _finite(a.get(k)) else "" for k, _, fmt in _COST_COLUMNS]
-        table.add_row(str(t.number), f"{a.get(y, 0.0):.4f}", *costs, ", ".join(picks.get(t.number, [])), kind,
-                      escape(a.get("summary", "")))
+        table.add_row(
+            str(t.number),
+            f"{a.get(y, 0.0):.4f}",
+            *costs,
+            ", ".join(picks.get(t.number, [])),
+            kind,
+            escape(a.get("summary", "")),
+        )
     return table
 
 
 def _baseline_line(report: dict) -> str:
     b = report["baselines"]
     if not b["feasible"]:
-        return "baselines: none feasible in this study" + (f" ({', '.join(b['infeasible'])} over budget)"
-                                                           if b["infeasible"] else "")
-    line = (f"baselines dominated by the searched trials: [bold]{len(b['dominated'])}/{len(b['feasible'])}[/]"
-            f" ({report['baselines_dominated']:.0%}{': ' + ', '.join(b['dominated']) if b['dominated'] else ''})")
+        return "baselines: none feasible in this study" + (
+            f" ({', '.join(b['infeasible'])} over budget)" if b["infeasible"] else ""
+        )
+    line = (
+        f"baselines dominated by the searched trials: [bold]{len(b['dominated'])}/{len(b['feasible'])}[/]"
+        f" ({report['baselines_dominated']:.0%}{': ' + ', '.join(b['dominated']) if b['dominated'] else ''})"
+    )
     if b["infeasible"]:
         line += f"; {', '.join(b['infeasible'])} over the budget, not counted"
     return line

@@ -55,4 +55,6 @@ def test_routing_goes_around_boxes() -> None:
     for a, b in zip(path[:-1], path[1:], strict=True):
         assert layout._clear(a, b, {"P4", "N4"}), f"segment {a} -> {b} crosses a box"
     second = layout.route("P4", "N4")
-    assert not np.allclose(np.array(path)[2:4], np.array(second)[2:4]), "parallel routes are spread apart"
+    assert not np.allclose(np.array(path)[2:4], np.array(second)[2:4]), (
+        "parallel routes are spread apart"
+    )

@@ -46,7 +46,9 @@ def test_latency_uses_and_records_the_requested_threads_and_restores_them() -> N
     before = torch.get_num_threads()
     requested = before + 1
     probe = _ThreadProbe().train()
-    result = measure_latency(probe, torch.randn(1, 3, 16, 16), threads=requested, warmup=2, runs=5, rounds=1)
+    result = measure_latency(
+        probe, torch.randn(1, 3, 16, 16), threads=requested, warmup=2, runs=5, rounds=1
+    )
     assert isinstance(result, Latency)
     assert result.threads == requested and result.runs == 5 and result.device == "cpu"
     assert probe.seen == [(requested, False, False)] * 7  # warm-up + runs, inference, eval mode

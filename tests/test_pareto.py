@@ -12,8 +12,14 @@ from nas_neck.pareto import front, hypervolume, knee, reference_point
 def brute_front(p: np.ndarray) -> set[int]:
     """Rows no other row dominates (x minimized, y maximized; non-finite rows never count)."""
     ok = [i for i in range(len(p)) if np.isfinite(p[i]).all()]
-    return {i for i in ok if not any(
-        p[j, 0] <= p[i, 0] and p[j, 1] >= p[i, 1] and (p[j, 0] < p[i, 0] or p[j, 1] > p[i, 1]) for j in ok)}
+    return {
+        i
+        for i in ok
+        if not any(
+            p[j, 0] <= p[i, 0] and p[j, 1] >= p[i, 1] and (p[j, 0] < p[i, 0] or p[j, 1] > p[i, 1])
+            for j in ok
+        )
+    }
 
 
 def brute_hypervolume(p: np.ndarray, ref: tuple[float, float]) -> float:
@@ -23,7 +29,9 @@ def brute_hypervolume(p: np.ndarray, ref: tuple[float, float]) -> float:
     xs = np.unique(np.clip(np.append(p[:, 0], ref[0]), None, ref[0]))
     ys = np.unique(np.clip(np.append(p[:, 1], ref[1]), ref[1], None))
     area = 0.0
-    for (x0, x1), (y0, y1) in itertools.product(zip(xs[:-1], xs[1:], strict=True), zip(ys[:-1], ys[1:], strict=True)):
+    for (x0, x1), (y0, y1) in itertools.product(
+        zip(xs[:-1], xs[1:], strict=True), zip(ys[:-1], ys[1:], strict=True)
+    ):
         if np.any((p[:, 0] <= x0) & (p[:, 1] >= y1)):
             area += (x1 - x0) * (y1 - y0)
     return area
@@ -67,7 +75,10 @@ def test_hypervolume_matches_brute_force(seed: int, ties: bool) -> None:
     finite = p[np.isfinite(p).all(axis=1)]
     ref = reference_point(finite)
     assert hypervolume(p, ref) == pytest.approx(brute_hypervolume(p, ref), rel=1e-12, abs=1e-12)
-    tight = (float(np.median(finite[:, 0])), float(np.median(finite[:, 1])))  # points beyond the reference
+    tight = (
+        float(np.median(finite[:, 0])),
+        float(np.median(finite[:, 1])),
+    )  # points beyond the reference
     assert hypervolume(p, tight) == pytest.approx(brute_hypervolume(p, tight), rel=1e-12, abs=1e-12)
 
 

@@ -26,8 +26,16 @@ BASELINES_DIR = Path(__file__).parents[2] / "search_spaces"
 _COST_ATTR = {"latency": "latency_ms", "flops": "gflops", "params": "mparams"}
 _DUPLICATE_POLL_S = 2.0
 _HASHLESS_WAIT_S = 60.0  # how long a lower-numbered trial that has not sampled yet is waited for
-_NOT_INHERITED = ("baseline", "mlflow_run_id", "arch", "summary", "arch_hash", "heartbeat", "worker",
-                  "retry_of")
+_NOT_INHERITED = (
+    "baseline",
+    "mlflow_run_id",
+    "arch",
+    "summary",
+    "arch_hash",
+    "heartbeat",
+    "worker",
+    "retry_of",
+)
 
 
 @dataclass
@@ -61,11 +69,14 @@ class Objective:
         trial.set_user_attr("summary", arch.short())
         self.hooks.trial_start(trial.number, arch)
         run_id = self.tracker.trial_run(
-            self.parent_run_id, trial.number,
+            self.parent_run_id,
+            trial.number,
             tags={"arch_hash": digest, "baseline": trial.user_attrs.get("baseline", "")},
         )
         trial.set_user_attr("mlflow_run_id", run_id)
-        self.tracker.set_tags(run_id, {"optuna.trial_number": trial.number, "optuna.study": trial.study.study_name})
+        self.tracker.set_tags(
+            run_id, {"optuna.trial_number": trial.number, "optuna.study": trial.study.study_name}
+        )
         self.tracker.log_params(run_id, {"arch_hash": digest, **_flatten(arch)})
         self.tracker.log_text(run_id, arch.to_yaml(), "architecture.yaml")
         try:
@@ -83,7 +94,9 @@ class Objective:
         return values
 
     # ---- steps -------------------------------------------------------------------------------
-    def _evaluate(self, trial: optuna.Trial, arch: Architecture, digest: str, run_id: str) -> tuple[float, float]:
+    def _evaluate(
+        self, trial: optuna.Trial, arch: Architecture, digest: str, run_id: str
+    ) -> tuple[float, float]:
         original = self._find_original(trial, digest)
         if original is not None:
             return self._reuse(trial, original, run_id)
@@ -96,14 +109,20 @@ class Objective:
             if excess > 0:
                 trial.set_user_attr("infeasible", True)
                 self.tracker.set_tags(run_id, {"infeasible": "true"})
-                log.info("trial %d: %.2f ms is over the %.2f ms budget; not trained",
-                         trial.number, cost["latency_ms"], self.max_latency_ms)
+                log.info(
+                    "trial %d: %.2f ms is over the %.2f ms budget; not trained",
+                    trial.number,
+                    cost["latency_ms"],
+                    self.max_latency_ms,
+                )
                 return 0.0, cost_value
         outcome = self.proxy.run(arch, on_epoch=lambda e, n, loss: self.hooks.epoch(e, n, loss))
         self._record(trial, run_id, {**outcome.metrics, **outcome.timings})
         self.tracker.log_series(run_id, "train_loss", outcome.losses)
         trial.set_user_attr("losses", outcome.losses)
-        ckpt = self.proxy.save(outcome, self.out_dir / trial.study.study_name / f"trial-{trial.number:04d}.pt")
+        ckpt = self.proxy.save(
+            outcome, self.out_dir / trial.study.study_name / f"trial-{trial.number:04d}.pt"
+        )
         trial.set_user_attr("checkpoint", str(ckpt.resolve()))
         self.tracker.log_artifact(run_id, ckpt, "checkpoint")
         return outcome.metrics[self.objectives.accuracy], cost_value
@@ -111,7 +130,9 @@ class Objective:
     def _record(self, trial: optuna.Trial, run_id: str, values: dict[str, Any]) -> None:
         for k, v in values.items():
             trial.set_user_attr(k, v)
-        self.tracker.log_metrics(run_id, {k: v for k, v in values.items() if isinstance(v, int | float)})
+        self.tracker.log_metrics(
+            run_id, {k: v for k, v in values.items() if isinstance(v, int | float)}
+        )
 
     def _find_original(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
         """An earlier trial of the same architecture: a finished one, or one still running
@@ -125,8 +146,10 @@ class Objective:
         while True:
             trials = trial.study.get_trials(deepcopy=False)
             same = [
-                t for t in trials
-                if t.number != trial.number and t.user_attrs.get("arch_hash") == digest
+                t
+                for t in trials
+                if t.number != trial.number
+                and t.user_attrs.get("arch_hash") == digest
                 and "duplicate_of" not in t.user_attrs
             ]
             done = [t for t in same if t.state == TrialState.COMPLETE]
@@ -135,8 +158,10 @@ class Objective:
             same_numbers = {t.number for t in same}
             hashless = time.monotonic() - start < _HASHLESS_WAIT_S
             ahead = [
-                t for t in trials
-                if t.state == TrialState.RUNNING and t.number < trial.number
+                t
+                for t in trials
+                if t.state == TrialState.RUNNING
+                and t.number < trial.number
                 and (t.number in same_numbers or (hashless and "arch_hash" not in t.user_attrs))
             ]
             if not ahead:
@@ -144,7 +169,9 @@ class Objective:
             time.sleep(_DUPLICATE_POLL_S)
             fail_stale_trials(trial.study, self.native_heartbeat)
 
-    def _reuse(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, run_id: str) -> tuple[float, float]:
+    def _reuse(
+        self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, run_id: str
+    ) -> tuple[float, float]:
         keep = {k: v for k, v in original.user_attrs.items() if k not in _NOT_INHERITED}
         for k, v in keep.items():
             trial.set_user_attr(k, v)
@@ -152,8 +179,14 @@ class Objective:
         for key, value in (original.constraints or {}).items():
             trial.set_constraint(key, value)
         self.tracker.set_tags(run_id, {"duplicate_of": original.number})
-        self.tracker.log_metrics(run_id, {k: v for k, v in keep.items() if isinstance(v, int | float)})
-        log.info("trial %d repeats trial %d's architecture; reusing its result", trial.number, original.number)
+        self.tracker.log_metrics(
+            run_id, {k: v for k, v in keep.items() if isinstance(v, int | float)}
+        )
+        log.info(
+            "trial %d repeats trial %d's architecture; reusing its result",
+            trial.number,
+            original.number,
+        )
         return tuple(original.values)  # type: ignore[return-value]
 
 
@@ -168,11 +201,17 @@ def trial_architecture(space: SearchSpace, trial: optuna.Trial) -> Architecture:
 
 def _flatten(arch: Architecture) -> dict[str, Any]:
     """Architecture as flat MLflow params (`N3.fuse`, `width`, ...)."""
-    flat: dict[str, Any] = {"arch.name": arch.name, "arch.width": arch.width, "arch.repeat": arch.repeat,
-                            "arch.inputs": ",".join(f"P{x}" for x in arch.inputs),
-                            "arch.outputs": ",".join(f"P{x}" for x in arch.out_levels)}
+    flat: dict[str, Any] = {
+        "arch.name": arch.name,
+        "arch.width": arch.width,
+        "arch.repeat": arch.repeat,
+        "arch.inputs": ",".join(f"P{x}" for x in arch.inputs),
+        "arch.outputs": ",".join(f"P{x}" for x in arch.out_levels),
+    }
     for n in arch.pruned().nodes:
-        flat[f"arch.{n.name}"] = (f"P{n.level}<-{'+'.join(n.inputs)} {n.fuse} {n.block}x{n.depth} w{n.width}")
+        flat[f"arch.{n.name}"] = (
+            f"P{n.level}<-{'+'.join(n.inputs)} {n.fuse} {n.block}x{n.depth} w{n.width}"
+        )
     return flat
 
 

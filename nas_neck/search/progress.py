@@ -25,12 +25,19 @@ class SearchProgress:
 
     def __init__(self, console: Console, trials: int, epochs: int) -> None:
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
         )
         self._trials = self._progress.add_task("trials", total=trials)
         self._epochs = self._progress.add_task("  waiting", total=epochs)
-        self.hooks = Hooks(search_start=self._search_start, trial_start=self._trial_start, epoch=self._epoch)
+        self.hooks = Hooks(
+            search_start=self._search_start, trial_start=self._trial_start, epoch=self._epoch
+        )
 
     def __enter__(self) -> SearchProgress:
         self._progress.start()
@@ -46,11 +53,15 @@ class SearchProgress:
         self._progress.update(self._trials, completed=finished)
 
     def _trial_start(self, number: int, arch: Architecture) -> None:
-        self._progress.update(self._epochs, completed=0, description=f"  trial {number}: {arch.name} {arch.hash}")
+        self._progress.update(
+            self._epochs, completed=0, description=f"  trial {number}: {arch.name} {arch.hash}"
+        )
 
     def _epoch(self, epoch: int, total: int, loss: float) -> None:
         desc = self._progress.tasks[self._epochs].description.split("  loss")[0]
-        self._progress.update(self._epochs, completed=epoch, total=total, description=f"{desc}  loss {loss:.3f}")
+        self._progress.update(
+            self._epochs, completed=epoch, total=total, description=f"{desc}  loss {loss:.3f}"
+        )
 
     def on_trial_end(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self._progress.update(self._trials, completed=finished_count(study))

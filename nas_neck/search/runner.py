@@ -73,7 +73,9 @@ def check_baselines(names: list[str]) -> None:
     known = sorted(p.stem for p in BASELINES_DIR.glob("*.yaml") if load_space(p).is_fixed)
     for name in names:
         if name not in known:
-            raise NasNeckError(f"--baselines: unknown baseline {name!r}; expected some of {', '.join(known)}")
+            raise NasNeckError(
+                f"--baselines: unknown baseline {name!r}; expected some of {', '.join(known)}"
+            )
 
 
 def enqueue_baselines(study: optuna.Study, names: list[str]) -> None:
@@ -93,14 +95,21 @@ def parent_params(settings: SearchSettings, proxy_config: BaseModel) -> dict[str
     p = proxy_config.model_dump(mode="json")
     train = p.pop("train")
     return {
-        "space": str(settings.space), "trials": settings.trials, "sampler": settings.sampler,
-        "seed": settings.seed, "objectives": ",".join(settings.objectives.names),
-        "max_latency_ms": settings.max_latency_ms, "baselines": ",".join(settings.baselines),
-        **{f"proxy.{k}": v for k, v in p.items()}, **{f"train.{k}": v for k, v in train.items()},
+        "space": str(settings.space),
+        "trials": settings.trials,
+        "sampler": settings.sampler,
+        "seed": settings.seed,
+        "objectives": ",".join(settings.objectives.names),
+        "max_latency_ms": settings.max_latency_ms,
+        "baselines": ",".join(settings.baselines),
+        **{f"proxy.{k}": v for k, v in p.items()},
+        **{f"train.{k}": v for k, v in train.items()},
     }
 
 
-def absolute(settings: SearchSettings, proxy_config: ProxyConfig) -> tuple[SearchSettings, ProxyConfig]:
+def absolute(
+    settings: SearchSettings, proxy_config: ProxyConfig
+) -> tuple[SearchSettings, ProxyConfig]:
     """Copies with every local path absolute (space, outputs, SQLite/journal files, data, cache;
     the built-in synthetic data resolved to its folder), as other processes need them."""
     from nas_neck.data.cache import default_cache_root
@@ -110,31 +119,48 @@ def absolute(settings: SearchSettings, proxy_config: ProxyConfig) -> tuple[Searc
         return None if p is None else Path(p).expanduser().resolve()
 
     data = proxy_config.data if proxy_config.data is not None else ensure_default_dataset().root
-    proxy_config = proxy_config.model_copy(update={
-        "data": path(data), "val_data": path(proxy_config.val_data), "images": path(proxy_config.images),
-        "cache_root": path(proxy_config.cache_root or default_cache_root()),
-    })
-    settings = settings.model_copy(update={
-        "space": path(settings.space), "out_dir": path(settings.out_dir), "study": settings.study_name,
-        "storage": _absolute_url(settings.storage), "tracking_uri": _absolute_url(settings.tracking_uri),
-    })
+    proxy_config = proxy_config.model_copy(
+        update={
+            "data": path(data),
+            "val_data": path(proxy_config.val_data),
+            "images": path(proxy_config.images),
+            "cache_root": path(proxy_config.cache_root or default_cache_root()),
+        }
+    )
+    settings = settings.model_copy(
+        update={
+            "space": path(settings.space),
+            "out_dir": path(settings.out_dir),
+            "study": settings.study_name,
+            "storage": _absolute_url(settings.storage),
+            "tracking_uri": _absolute_url(settings.tracking_uri),
+        }
+    )
     return settings, proxy_config
 
 
 def _absolute_url(url: str) -> str:
     """`sqlite:///rel.db` and `journal:rel` made absolute; other URLs unchanged."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+    if (
+        url.startswith("sqlite:///")
+        and not url.startswith("sqlite:////")
+        and url != "sqlite:///:memory:"
+    ):
         return f"sqlite:///{Path(url.removeprefix('sqlite:///')).resolve()}"
     if is_journal(url):
         return f"journal:{Path(url.removeprefix('journal:')).resolve()}"
     return url
 
 
-def prepare_study(settings: SearchSettings, proxy_config: ProxyConfig) -> tuple[optuna.Study, Tracker, str]:
+def prepare_study(
+    settings: SearchSettings, proxy_config: ProxyConfig
+) -> tuple[optuna.Study, Tracker, str]:
     """Open or resume the study and its MLflow parent run, queue the baselines, and store what a
     worker needs to join (user attrs `settings`, `proxy`); returns (study, tracker, parent run id)."""
     check_baselines(settings.baselines)
-    study = open_study(settings.study_name, settings.storage, settings.objectives, settings.sampler, settings.seed)
+    study = open_study(
+        settings.study_name, settings.storage, settings.objectives, settings.sampler, settings.seed
+    )
     study.set_user_attr("space", str(settings.space))
     shared_settings, shared_proxy = absolute(settings, proxy_config)
     study.set_user_attr("settings", shared_settings.model_dump(mode="json"))
@@ -147,8 +173,9 @@ def prepare_study(settings: SearchSettings, proxy_config: ProxyConfig) -> tuple[
     return study, tracker, parent
 
 
-def run_search(settings: SearchSettings, proxy, hooks: Hooks | None = None,
-               on_trial_end=None) -> optuna.Study:
+def run_search(
+    settings: SearchSettings, proxy, hooks: Hooks | None = None, on_trial_end=None
+) -> optuna.Study:
     """Optimize until `settings.trials` trials count (complete, or failed with a reason).
 
     Other processes (`nas-neck worker`) may work on the same study: their running trials count
@@ -157,8 +184,17 @@ def run_search(settings: SearchSettings, proxy, hooks: Hooks | None = None,
     space = SearchSpace.load(settings.space)
     study, tracker, parent = prepare_study(settings, proxy.config)
     native = not is_journal(settings.storage)
-    objective = Objective(space, proxy, tracker, parent, settings.objectives, settings.max_latency_ms,
-                          settings.out_dir, hooks or Hooks(), native_heartbeat=native)
+    objective = Objective(
+        space,
+        proxy,
+        tracker,
+        parent,
+        settings.objectives,
+        settings.max_latency_ms,
+        settings.out_dir,
+        hooks or Hooks(),
+        native_heartbeat=native,
+    )
     func = objective if native else beating(objective)
     objective.hooks.search_start(finished_count(study))  # a resumed study starts where it stopped
     attempts = 0
@@ -169,8 +205,12 @@ def run_search(settings: SearchSettings, proxy, hooks: Hooks | None = None,
                 time.sleep(_WAIT_POLL_S)
                 continue
             attempts += 1
-            study.optimize(func, n_trials=1, catch=(Exception,),
-                           callbacks=[on_trial_end] if on_trial_end else None)
+            study.optimize(
+                func,
+                n_trials=1,
+                catch=(Exception,),
+                callbacks=[on_trial_end] if on_trial_end else None,
+            )
     except KeyboardInterrupt:
         tracker.end(parent, "KILLED")
         raise
@@ -180,8 +220,13 @@ def run_search(settings: SearchSettings, proxy, hooks: Hooks | None = None,
     return study
 
 
-def finish(study: optuna.Study, tracker: Tracker, parent: str, out_dir: Path,
-           max_latency_ms: float | None = None) -> None:
+def finish(
+    study: optuna.Study,
+    tracker: Tracker,
+    parent: str,
+    out_dir: Path,
+    max_latency_ms: float | None = None,
+) -> None:
     """Tag front trials in MLflow, record the front on the parent run, write and log the plots."""
     tracker.log_metrics(parent, {"trials_finished": finished_count(study)})
     try:

@@ -35,6 +35,7 @@ COST_METRICS = ("latency", "flops", "params")
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 HEARTBEAT_ATTR = "heartbeat"
 
+
 def _heartbeat() -> tuple[int, int]:
     """(interval, grace) in seconds; env NAS_NECK_HEARTBEAT_S / NAS_NECK_GRACE_S override."""
     interval = int(os.environ.get("NAS_NECK_HEARTBEAT_S", 10))
@@ -61,7 +62,10 @@ class Objectives:
     @property
     def names(self) -> list[str]:
         """Metric names as stored on the study (cost with its unit)."""
-        return [self.accuracy, {"latency": "latency_ms", "flops": "gflops", "params": "mparams"}[self.cost]]
+        return [
+            self.accuracy,
+            {"latency": "latency_ms", "flops": "gflops", "params": "mparams"}[self.cost],
+        ]
 
     @property
     def directions(self) -> list[str]:
@@ -81,8 +85,10 @@ def make_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
-        raise NasNeckError(f"--storage: expected a database URL (sqlite:///nas.db, postgresql://...) "
-                           f"or a journal file (journal:PATH), got {url!r}")
+        raise NasNeckError(
+            f"--storage: expected a database URL (sqlite:///nas.db, postgresql://...) "
+            f"or a journal file (journal:PATH), got {url!r}"
+        )
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     if not heartbeat:
         return RDBStorage(url, engine_kwargs=engine_kwargs)
@@ -111,7 +117,9 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise NasNeckError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
 
 
-def open_study(name: str, storage: str, objectives: Objectives, sampler: str = "tpe", seed: int = 0) -> optuna.Study:
+def open_study(
+    name: str, storage: str, objectives: Objectives, sampler: str = "tpe", seed: int = 0
+) -> optuna.Study:
     """Create the study, or load it to resume; refuses to resume with other objectives."""
     study = optuna.create_study(
         study_name=name,
@@ -138,8 +146,11 @@ def counted(trial: FrozenTrial) -> bool:
     again)."""
     if trial.state == TrialState.COMPLETE:
         return True
-    return (trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
-            and not trial.user_attrs.get("retried"))
+    return (
+        trial.state == TrialState.FAIL
+        and "fail_reason" in trial.user_attrs
+        and not trial.user_attrs.get("retried")
+    )
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -149,7 +160,9 @@ def finished_count(study: optuna.Study) -> int:
 def claimed_count(study: optuna.Study) -> int:
     """Finished trials plus those running now (in any process): what N is compared with when
     several processes share a study."""
-    return sum(counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+    return sum(
+        counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)
+    )
 
 
 class Heartbeat:
@@ -243,8 +256,12 @@ def fail_stale_trials(study: optuna.Study, native: bool) -> list[int]:
         if retry:
             attrs = {k: v for k, v in t.user_attrs.items() if k == "baseline"}
             study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number})
-        log.warning("trial %d: no heartbeat for over %.0f s; failed%s", t.number, grace,
-                    " and queued again" if retry else "")
+        log.warning(
+            "trial %d: no heartbeat for over %.0f s; failed%s",
+            t.number,
+            grace,
+            " and queued again" if retry else "",
+        )
         failed.append(t.number)
     return failed
 
@@ -256,10 +273,14 @@ def load_existing_study(name: str, storage: str) -> optuna.Study:
     else:
         file = storage.removeprefix("journal:")
     if file and file != ":memory:" and not Path(file).exists():
-        raise NasNeckError(f"--storage: no such file {file} (run `nas-neck search` first, or pass --storage)")
+        raise NasNeckError(
+            f"--storage: no such file {file} (run `nas-neck search` first, or pass --storage)"
+        )
     # Reading needs none of the heartbeat and retry machinery `make_storage` sets up for workers.
     backend = optuna.storages.RDBStorage(storage) if "://" in storage else make_storage(storage)
     names = optuna.get_all_study_names(backend)
     if name not in names:
-        raise NasNeckError(f"no study {name!r} in {storage}; studies there: {', '.join(sorted(names)) or 'none'}")
+        raise NasNeckError(
+            f"no study {name!r} in {storage}; studies there: {', '.join(sorted(names)) or 'none'}"
+        )
     return optuna.load_study(study_name=name, storage=backend)

@@ -64,7 +64,9 @@ class Tracker:
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(
-            self.experiment_id, run_name=self.study, tags={STUDY_TAG: self.study, TRIAL_TAG: "parent"}
+            self.experiment_id,
+            run_name=self.study,
+            tags={STUDY_TAG: self.study, TRIAL_TAG: "parent"},
         )
         if params:
             self.log_params(run.info.run_id, params)
@@ -75,7 +77,12 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{number:04d}",
-            tags={PARENT_TAG: parent_id, STUDY_TAG: self.study, TRIAL_TAG: str(number), **(tags or {})},
+            tags={
+                PARENT_TAG: parent_id,
+                STUDY_TAG: self.study,
+                TRIAL_TAG: str(number),
+                **(tags or {}),
+            },
         )
         return run.info.run_id
 
