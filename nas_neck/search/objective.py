@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -19,6 +19,9 @@ from optuna.trial import TrialState
 from nas_neck.dsl import Architecture, OptunaSampler, SearchSpace, load_architecture
 from nas_neck.search.study import Objectives, fail_stale_trials
 from nas_neck.search.tracking import Tracker
+
+if TYPE_CHECKING:
+    from nas_neck.search.runner import SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,30 @@ class Objective:
     out_dir: Path = Path("runs")
     hooks: Hooks = field(default_factory=Hooks)
     native_heartbeat: bool = True  # False on journal storage (see `fail_stale_trials`)
+
+    @classmethod
+    def for_search(
+        cls,
+        settings: SearchSettings,
+        space: SearchSpace,
+        proxy: Any,
+        tracker: Tracker,
+        parent_run_id: str,
+        hooks: Hooks | None = None,
+        native_heartbeat: bool = True,
+    ) -> Objective:
+        """The objective every launcher (local, worker, Ray trial) runs for a search's settings."""
+        return cls(
+            space,
+            proxy,
+            tracker,
+            parent_run_id,
+            settings.objectives,
+            settings.max_latency_ms,
+            settings.out_dir,
+            hooks or Hooks(),
+            native_heartbeat=native_heartbeat,
+        )
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         arch = trial_architecture(self.space, trial)

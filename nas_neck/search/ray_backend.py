@@ -319,14 +319,12 @@ def _trainable(config: dict[str, Any], job: dict[str, Any]) -> None:
     if previous:  # Tune restarted this trial after its task died
         tracker.end(previous, "KILLED")
     trial.set_user_attr("worker", f"ray:{ray.util.get_node_ip_address()}:{os.getpid()}")
-    objective = Objective(
+    objective = Objective.for_search(
+        settings,
         job["space"],
         _proxy(job["proxy"]),
         tracker,
         job["parent"],
-        settings.objectives,
-        settings.max_latency_ms,
-        settings.out_dir,
         native_heartbeat=job["native"],
     )
     names = settings.objectives.names

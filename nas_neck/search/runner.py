@@ -184,17 +184,7 @@ def run_search(
     space = SearchSpace.load(settings.space)
     study, tracker, parent = prepare_study(settings, proxy.config)
     native = not is_journal(settings.storage)
-    objective = Objective(
-        space,
-        proxy,
-        tracker,
-        parent,
-        settings.objectives,
-        settings.max_latency_ms,
-        settings.out_dir,
-        hooks or Hooks(),
-        native_heartbeat=native,
-    )
+    objective = Objective.for_search(settings, space, proxy, tracker, parent, hooks, native)
     func = objective if native else beating(objective)
     objective.hooks.search_start(finished_count(study))  # a resumed study starts where it stopped
     attempts = 0

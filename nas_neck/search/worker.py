@@ -77,16 +77,14 @@ def run_worker(
     study = open_study(study_name, storage, settings.objectives, settings.sampler, seed)
     native = not is_journal(storage)
     tracker = Tracker(tracking_uri or settings.tracking_uri, study_name)
-    objective = Objective(
+    objective = Objective.for_search(
+        settings,
         SearchSpace.load(settings.space),
         ProxyTask(proxy_config),
         tracker,
         parent,
-        settings.objectives,
-        settings.max_latency_ms,
-        settings.out_dir,
-        hooks or Hooks(),
-        native_heartbeat=native,
+        hooks,
+        native,
     )
     run = _signed(objective, beat=not native)
     log.info(
