@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from nas_neck.dsl.domain import Check, Domain, Fixed, int_in, one_of, parse_domain
+from nas_neck.dsl.shipped import find_space, shipped_names
 from nas_neck.errors import SpaceError
 from nas_neck.ops import BLOCKS, DOWNSAMPLE_MODES, FUSE_OPS, UPSAMPLE_MODES
 
@@ -131,11 +132,18 @@ class SpaceSpec(_Strict):
         return sorted(set(value)) if value is not None else None
 
 
-def read_spec(path: str | Path) -> SpaceSpec:
-    """Read and validate a space file; any problem raises one `SpaceError` naming file and key."""
-    path = Path(path)
+def read_spec(ref: str | Path) -> SpaceSpec:
+    """Read and validate a space file or shipped space (`find_space`); any problem raises one
+    `SpaceError` naming file and key."""
+    path = find_space(ref)
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        shipped = ", ".join(shipped_names())
+        raise SpaceError(
+            f"cannot read the file (no such file), nor is it a shipped space ({shipped})",
+            source=str(path),
+        ) from None
     except OSError as e:
         raise SpaceError(f"cannot read the file ({e.strerror})", source=str(path)) from None
     try:
