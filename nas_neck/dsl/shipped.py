@@ -48,3 +48,4 @@ def space_ref(ref: str | Path) -> str:
     if path.exists():
         return str(path.resolve())
     return str(ref)
+
