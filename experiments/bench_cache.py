@@ -23,10 +23,11 @@ import torch
 from _common import OUT, ROOT, write_result
 
 from nas_neck.backbone import FrozenBackbone
+from nas_neck.config import TrainConfig
 from nas_neck.data.cache import FeatureCache
 from nas_neck.data.coco import CocoDetection
 from nas_neck.data.synth import generate_synthetic
-from nas_neck.detect.trainer import Detector, TrainConfig, train
+from nas_neck.detect.trainer import Detector, train
 from nas_neck.dsl import load_architecture
 
 

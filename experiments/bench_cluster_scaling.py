@@ -33,9 +33,11 @@ def _run_mode(mode: str, size: int, work: Path) -> dict:
     """One way of running the search (in a child process, so each starts clean)."""
     import torch
 
-    from nas_neck.proxy import ProxyConfig, ProxyTask
+    from nas_neck.config import ProxyConfig
+    from nas_neck.proxy import ProxyTask
     from nas_neck.search.ray_backend import run_ray_search
-    from nas_neck.search.runner import SearchSettings, run_search
+    from nas_neck.search.runner import run_search
+    from nas_neck.search.settings import SearchSettings
 
     cfg = ProxyConfig(cache_root=work / "cache")
     settings = SearchSettings(space=ROOT / "search_spaces" / "pafpn-family.yaml", study=mode,

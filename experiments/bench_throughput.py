@@ -22,9 +22,10 @@ from typing import Any
 import matplotlib.pyplot as plt
 from _common import OUT, ROOT, write_result
 
-from nas_neck.detect.trainer import TrainConfig
-from nas_neck.proxy import ProxyConfig, ProxyTask
-from nas_neck.search.runner import SearchSettings, run_search
+from nas_neck.config import ProxyConfig, TrainConfig
+from nas_neck.proxy import ProxyTask
+from nas_neck.search.runner import run_search
+from nas_neck.search.settings import SearchSettings
 from nas_neck.search.tracking import Tracker
 
 PARTS = ("cache", "train", "eval", "measure", "tracking", "rest")

@@ -21,9 +21,9 @@ import matplotlib.pyplot as plt
 from _common import OUT, ROOT, write_result
 from scipy.stats import kendalltau, spearmanr
 
-from nas_neck.detect.trainer import TrainConfig
+from nas_neck.config import ProxyConfig, TrainConfig
 from nas_neck.dsl import Architecture, load_architecture, load_space
-from nas_neck.proxy import ProxyConfig, ProxyTask
+from nas_neck.proxy import ProxyTask
 
 SPACES = ROOT / "search_spaces"
 CLASSICS = ["fpn", "pafpn", "bifpn", "nasfpn", "light"]

@@ -28,10 +28,11 @@ import optuna
 from _common import OUT, ROOT, write_result
 from optuna.trial import TrialState
 
-from nas_neck.detect.trainer import TrainConfig
+from nas_neck.config import ProxyConfig, TrainConfig
 from nas_neck.pareto import front, hypervolume, reference_point
-from nas_neck.proxy import ProxyConfig, ProxyTask
-from nas_neck.search.runner import SearchSettings, run_search
+from nas_neck.proxy import ProxyTask
+from nas_neck.search.runner import run_search
+from nas_neck.search.settings import SearchSettings
 
 BASELINES = ["fpn", "pafpn", "bifpn", "nasfpn"]
 SAMPLERS = {"tpe": "default (multivariate TPE)", "random": "random"}

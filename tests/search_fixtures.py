@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
+from nas_neck.config import ProxyConfig, TrainConfig
 from nas_neck.data.synth import generate_synthetic
-from nas_neck.detect.trainer import TrainConfig
-from nas_neck.proxy import ProxyConfig, ProxyTask
+from nas_neck.proxy import ProxyTask
 
 SIZE = 128
 

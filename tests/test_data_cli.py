@@ -6,7 +6,7 @@ from pathlib import Path
 from PIL import Image
 from typer.testing import CliRunner
 
-from nas_neck.data.cli import app
+from nas_neck.cli.data import app
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "240"}  # keep rich tables from wrapping file names

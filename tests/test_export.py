@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from nas_neck.dsl import Architecture, SearchSpace, load_architecture, load_space
-from nas_neck.export import SearchInfo, export_neck, fuse_neck, neck_source
+from nas_neck.export import SearchInfo, export_neck, fuse_neck, load_standalone, neck_source
 from nas_neck.neck import GraphNeck
+from nas_neck.ops import BLOCKS, DOWNSAMPLE_MODES, FUSE_OPS, UPSAMPLE_MODES
 from nas_neck.ops.blocks import RepConv
+from nas_neck.ops.registry import call_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -114,6 +116,40 @@ ZOO_REPEAT = {
 }
 
 
+# Every registered op, by the DSL key that selects it: each gets its own parity test.
+REGISTERED = [
+    *(("block", name) for name in BLOCKS),
+    *(("fuse", name) for name in FUSE_OPS),
+    *(("upsample", name) for name in UPSAMPLE_MODES),
+    *(("downsample", name) for name in DOWNSAMPLE_MODES),
+]
+
+
+def op_spec(key: str, name: str) -> dict:
+    """A small neck using op `name` for DSL key `key` wherever it can: fan-ins 1 to 3,
+    upsampling to a map's size and by a scale factor (P2 has no map), downsampling by one
+    and two levels (and to an extra level), blocks two deep at equal and unequal widths."""
+    nodes = {
+        "A": {"level": 4, "inputs": ["P5", "P4"]},
+        "B": {"level": 3, "inputs": ["A", "P3"], "output": True},
+        "U": {"level": 2, "inputs": ["P3"], "output": True},
+        "C": {"level": 5, "inputs": ["B", "A", "P5"], "output": True},
+    }
+    spec = {
+        "name": f"{key}-{name}",
+        "inputs": ["P3", "P4", "P5"],
+        "width": 32,
+        "defaults": {"depth": 2 if key == "block" else 1, key: name},
+        "nodes": nodes,
+    }
+    if key == "block":
+        nodes["B"]["fuse"] = "concat"  # 32 + 40 channels into the block
+    if key == "downsample":
+        spec |= {"extra_levels": [6], "extra_downsample": name}
+        nodes["E"] = {"level": 6, "inputs": ["C", "P6"], "output": True}
+    return spec
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One intra-op thread: these tiny convs are far slower with two on a busy 2-core box."""
@@ -159,10 +195,16 @@ def _features(
     ]
 
 
-def _cases() -> list[tuple[str, Architecture]]:
-    cases = [(name, _arch(name)) for name in CLASSIC]
-    cases += [(f"{space}-{seed}", _arch(space, seed)) for space, seed in SAMPLED]
-    return cases + [("zoo", _arch(ZOO)), ("zoo-repeat", _arch(ZOO_REPEAT))]
+def _cases() -> list[tuple[str, Architecture, tuple[bool, ...]]]:
+    """(name, architecture, fuse options): classic, sampled, zoo and one per registered op."""
+    both = (False, True)
+    cases = [(name, _arch(name), both if name == "pafpn" else (False,)) for name in CLASSIC]
+    cases += [
+        (f"{space}-{seed}", _arch(space, seed), both if space != "nasfpn-free" else (False,))
+        for space, seed in SAMPLED
+    ]
+    cases += [("zoo", _arch(ZOO), both), ("zoo-repeat", _arch(ZOO_REPEAT), both)]
+    return cases + [(f"{k}-{n}", _arch(op_spec(k, n)), both) for k, n in REGISTERED]
 
 
 _RUNNER = """
@@ -185,14 +227,14 @@ for i, folder in enumerate(sys.argv[2:]):
 """
 
 
-def test_exported_necks_match_graphneck_in_a_python_without_nas_neck(tmp_path):
-    """Classic necks, 20 sampled ones and the zoo, plain and fused, run from their own folder by
-    a Python that can import torch but not nas_neck."""
+def check_without_nas_neck(
+    tmp_path: Path, cases: list[tuple[str, Architecture, tuple[bool, ...]]]
+) -> None:
+    """Export each case (plain and/or fused) and run every `neck.py` from its own folder in a
+    Python that can import torch but not nas_neck: the outputs match the GraphNeck's."""
     expected, folders = {}, []
-    for name, arch in _cases():
-        for fuse in (
-            (False, True) if name.startswith(("zoo", "bifpn-family", "pafpn")) else (False,)
-        ):
+    for name, arch, fuses in cases:
+        for fuse in fuses:
             folder = tmp_path / f"{name}{'-fused' if fuse else ''}"
             neck = _neck(arch)
             export_neck(neck, folder, fuse=fuse, check_size=64)
@@ -223,6 +265,41 @@ def test_exported_necks_match_graphneck_in_a_python_without_nas_neck(tmp_path):
             )
 
 
+def test_exported_necks_match_graphneck_in_a_python_without_nas_neck(tmp_path):
+    """Classic necks, 20 sampled ones, the zoo and one neck per registered op, plain and
+    fused."""
+    check_without_nas_neck(tmp_path, _cases())
+
+
+@pytest.mark.parametrize(("key", "name"), REGISTERED, ids=[f"{k}-{n}" for k, n in REGISTERED])
+def test_every_registered_op_exports_and_fuses_with_parity(tmp_path, key, name):
+    """Each op of each registry, exported plain and fused and loaded on its own, computes what
+    the GraphNeck computes."""
+    arch = _arch(op_spec(key, name))
+    neck = _neck(arch, seed=2)
+    x = _features(arch, (100, 76))
+    with torch.no_grad():
+        want = neck(x)
+    for fuse in (False, True):
+        folder = tmp_path / ("fused" if fuse else "plain")
+        export_neck(neck, folder, fuse=fuse, check_size=64)
+        code = (folder / "neck.py").read_text()
+        assert "nas_neck" not in code.replace("nas-neck", "")
+        if not fuse:  # every recorded module but the inline fusions is built by name
+            built = {
+                call_of(m).cls.__name__
+                for m in neck.modules()
+                if call_of(m) is not None and not hasattr(m, "inline")
+            }
+            assert all(f"{cls}(" in code for cls in built), built
+        standalone = load_standalone(folder / "neck.py").Neck.from_pretrained(folder / "neck.pt")
+        with torch.no_grad():
+            got = standalone(x)
+        atol = 1e-4 if fuse else 1e-5
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=atol, rtol=atol)
+
+
 @pytest.mark.parametrize(
     "spec", [ZOO, ZOO_REPEAT, "bifpn", "pafpn"], ids=["zoo", "zoo-repeat", "bifpn", "pafpn"]
 )
@@ -245,8 +322,6 @@ def test_state_dict_keys_match_the_generated_module(tmp_path):
         source = neck_source(model)
         path = tmp_path / "neck.py"
         path.write_text(source.code)
-        from nas_neck.export import load_standalone
-
         generated = load_standalone(path).Neck()
         state = source.state_dict(model)
         assert set(state) == set(generated.state_dict())
@@ -262,6 +337,7 @@ def test_generated_source_is_readable_formatted_python(tmp_path):
         ("bifpn-fused", "bifpn"),
         ("zoo", ZOO),
         ("zoo-repeat", ZOO_REPEAT),
+        *((f"{k}-{n}{f}", op_spec(k, n)) for k, n in REGISTERED for f in ("", "-fused")),
     ]:
         neck = _neck(_arch(spec))
         model = fuse_neck(neck) if name.endswith("fused") else neck

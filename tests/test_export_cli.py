@@ -14,7 +14,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from nas_neck.cli import app
-from nas_neck.detect.trainer import Detector, TrainConfig, save_checkpoint
+from nas_neck.config import TrainConfig
+from nas_neck.detect.trainer import Detector, save_checkpoint
 from nas_neck.dsl import load_architecture
 from nas_neck.export import load_standalone
 

@@ -11,7 +11,8 @@ import pytest
 import requests
 from search_fixtures import tiny_proxy
 
-from nas_neck.search.runner import SearchSettings, run_search
+from nas_neck.search.runner import run_search
+from nas_neck.search.settings import SearchSettings
 
 SPACES = Path(__file__).parents[1] / "search_spaces"
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

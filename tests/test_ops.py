@@ -1,10 +1,20 @@
 """Neck ops do what their docstrings say."""
 
+import ast
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
-from nas_neck.ops.blocks import RepConv, make_block
-from nas_neck.ops.fusion import GpAttentionFusion, WeightedFusion
+import nas_neck.ops
+from nas_neck.ops import ConvAct, ConvBnAct, build, make_fusion
+from nas_neck.ops.blocks import Bottleneck, RepConv, make_block
+from nas_neck.ops.fusion import GpAttentionFusion, SpatialFusion, WeightedFusion
+from nas_neck.ops.registry import DEPLOYED, Call, call_of
 from nas_neck.ops.resample import Resample
+
+OPS = Path(nas_neck.ops.__file__).parent
 
 
 def test_weighted_fusion_matches_bifpn_formula():
@@ -48,3 +58,83 @@ def test_resample_reaches_exact_sizes_for_odd_maps():
     up = Resample(8, 16, 4, 3, upsample="bilinear")
     ref = torch.empty(1, 16, 42, 33)
     assert up(x, ref).shape == (1, 16, 42, 33)
+
+
+def test_ops_import_only_torch_and_the_standard_library():
+    """Exported `neck.py` files copy ops' source verbatim: it must need nothing but torch."""
+    for path in sorted(OPS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                allowed = top in ("torch", "__future__") or top in sys.stdlib_module_names
+                assert allowed or name.startswith("nas_neck.ops"), f"{path.name} imports {name}"
+
+
+def test_unknown_names_list_the_registered_ones():
+    with pytest.raises(ValueError, match=r"unknown block 'nope'; expected one of none, conv, "):
+        make_block("nope", 8, 8)
+    with pytest.raises(ValueError, match=r"unknown fusion op 'nope'; expected one of sum, "):
+        make_fusion("nope", 2, 8)
+    with pytest.raises(ValueError, match=r"unknown downsample mode 'nope'; expected one of conv"):
+        Resample(8, 8, 3, 4, downsample="nope")
+    with pytest.raises(ValueError, match=r"unknown upsample mode 'nope'; expected one of near"):
+        Resample(8, 8, 4, 3, upsample="nope")
+
+
+def test_factories_record_their_constructor_calls():
+    assert call_of(build(ConvBnAct, 8, 16, 3, stride=2)) == Call(
+        ConvBnAct, (8, 16, 3), {"stride": 2}
+    )
+    assert call_of(ConvBnAct(8, 16)) is None
+    assert call_of(make_block("bottleneck", 8, 16, depth=2)[1]) == Call(Bottleneck, (16, 16))
+    assert call_of(make_fusion("spatial", 3, 16)) == Call(SpatialFusion, (3, 16))
+
+
+def _randomize_bn(module: torch.nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("act", [True, False])
+def test_a_reparameterized_conv_bn_act_is_the_conv_act_deployed_says(act):
+    """`DEPLOYED[ConvBnAct]` is a bare `ConvAct`: same arguments, same weight names."""
+    unit = ConvBnAct(8, 16, 3, stride=2, groups=2, dilation=2, act=act)
+    _randomize_bn(unit)
+    unit.eval()
+    x = torch.randn(2, 8, 11, 9)
+    before = unit(x)
+    unit.reparameterize()
+    assert DEPLOYED[ConvBnAct] == Call(ConvAct)
+    twin = ConvAct(8, 16, 3, stride=2, groups=2, dilation=2, act=act)
+    twin.load_state_dict(unit.state_dict())  # strict
+    torch.testing.assert_close(unit(x), before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(twin(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_a_reparameterized_repconv_is_a_3x3_conv_act():
+    block = RepConv(8, 8)
+    _randomize_bn(block)
+    block.eval()
+    x = torch.randn(2, 8, 9, 7)
+    before = block(x)
+    block.reparameterize()
+    block.reparameterize()  # a second call changes nothing
+    form = DEPLOYED[RepConv]
+    twin = form.cls(8, 8, *form.args, **form.kwargs)
+    state = {}
+    for key, value in block.state_dict().items():
+        for src, dst in form.renames.items():
+            key = dst + key[len(src) :] if key.startswith(src + ".") else key
+        state[key] = value
+    twin.load_state_dict(state)  # strict
+    torch.testing.assert_close(twin(x), before, atol=1e-4, rtol=1e-4)

@@ -21,6 +21,7 @@ from nas_neck.pareto import (
     reference_point,
     write_report,
 )
+from nas_neck.pareto.report import Baselines, Counts
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACES = Path(__file__).parents[1] / "search_spaces"
@@ -127,21 +128,19 @@ def test_front_picks_and_baselines(picks_study: optuna.Study, tmp_path: Path) ->
     assert [t.number for t in front_trials(picks_study, x="flops", y="ap_small")] == [0, 1, 2, 3]
 
     r = write_report(picks_study, tmp_path / "out", max_latency_ms=2.9)
-    assert (r["x"], r["y"]) == ("latency", "map"), "defaults: the study's own objectives"
-    assert r["front"] == [0, 1, 2, 3] and r["knee"] == 1 and r["best_under"] == 1
-    assert r["ref"] == (pytest.approx(5.5), 0.0), "1.1 x the slowest feasible trial, zero accuracy"
-    assert r["hypervolume"] == pytest.approx(1 * 0.10 + 1 * 0.25 + 2 * 0.28 + 0.5 * 0.30)
-    assert r["baselines"] == {
-        "dominated": ["pafpn"],
-        "feasible": ["fpn", "pafpn"],
-        "infeasible": ["bifpn"],
-    }
-    assert r["baselines_dominated"] == 0.5
-    assert r["counts"] == {"complete": 9, "feasible": 7, "infeasible": 2, "failed": 1}
-    again = write_report(picks_study, tmp_path / "again", max_latency_ms=2.9)
-    assert (again["hypervolume"], again["ref"]) == (r["hypervolume"], r["ref"]), (
-        "stable across runs"
+    assert (r.x, r.y) == ("latency", "map"), "defaults: the study's own objectives"
+    assert r.front == [0, 1, 2, 3] and r.picks.knee == 1 and r.picks.best_under == 1
+    assert r.ref == (pytest.approx(5.5), 0.0), "1.1 x the slowest feasible trial, zero accuracy"
+    assert r.hypervolume == pytest.approx(1 * 0.10 + 1 * 0.25 + 2 * 0.28 + 0.5 * 0.30)
+    assert r.baselines == Baselines(
+        dominated=["pafpn"],
+        feasible=["fpn", "pafpn"],
+        infeasible=["bifpn"],
     )
+    assert r.baselines.dominated_share == 0.5
+    assert r.counts == Counts(complete=9, feasible=7, infeasible=2, failed=1)
+    again = write_report(picks_study, tmp_path / "again", max_latency_ms=2.9)
+    assert (again.hypervolume, again.ref) == (r.hypervolume, r.ref), "stable across runs"
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -177,7 +176,7 @@ def test_trial_front_matches_brute_force(tmp_path: Path, seed: int) -> None:
     )
     ref = reference_point(feasible)
     r = write_report(study, tmp_path / "out")
-    assert r["ref"] == ref and r["hypervolume"] == pytest.approx(
+    assert r.ref == ref and r.hypervolume == pytest.approx(
         hypervolume(np.array(list(pts.values())), ref)
     )
 
@@ -192,7 +191,9 @@ def test_errors_name_the_problem(picks_study: optuna.Study, tmp_path: Path) -> N
     with pytest.raises(NasNeckError, match="no complete trials yet \\(1 fail\\)"):
         knee_trial(empty)
     with pytest.raises(NasNeckError, match="no MLflow parent run"):
-        log_to_mlflow(picks_study, {}, f"sqlite:///{tmp_path}/m.db")
+        log_to_mlflow(
+            picks_study, write_report(picks_study, tmp_path), f"sqlite:///{tmp_path}/m.db"
+        )
 
 
 def plotly_traces(html: str) -> list[dict]:
@@ -208,16 +209,16 @@ def test_report_files(picks_study: optuna.Study, tmp_path: Path) -> None:
     for lat, acc in ((1.5, 0.2), (3.0, 0.31), (9.0, None)):
         add(other, lat, acc)
     r = write_report(picks_study, tmp_path / "out", compare=[other], max_latency_ms=2.9)
-    assert {p.name for p in (r["png"], r["html"], r["table"])} == {
+    assert {p.name for p in (r.png, r.html, r.csv)} == {
         "pareto-map-latency.png",
         "pareto-map-latency.html",
         "pareto-map-latency.csv",
     }
 
-    img = matplotlib.image.imread(r["png"])
+    img = matplotlib.image.imread(r.png)
     assert img.shape[0] > 500 and img.shape[1] > 1000 and img[..., :3].std() > 0.05
 
-    html = r["html"].read_text()
+    html = r.html.read_text()
     assert "<script src=" not in html and len(html) > 1_000_000, "plotly.js embedded: opens offline"
     traces = plotly_traces(html)
     for study in (picks_study, other):
@@ -245,10 +246,10 @@ def test_report_files(picks_study: optuna.Study, tmp_path: Path) -> None:
     }
     assert fronts == {"picks": [1.0, 2.0, 3.0, 5.0], "other": [1.5, 3.0]}
 
-    rows = r["table"].read_text().splitlines()
+    rows = r.csv.read_text().splitlines()
     assert rows[0].startswith("trial,baseline,arch_hash,map,") and len(rows) == 1 + 4
     assert rows[2].startswith("1,fpn,") and ",knee/best," in rows[2]
-    assert r["studies"]["other"]["hypervolume"] == pytest.approx(1.5 * 0.2 + 2.5 * 0.31)
+    assert r.studies["other"].hypervolume == pytest.approx(1.5 * 0.2 + 2.5 * 0.31)
 
 
 def test_artifacts_land_in_mlflow(
@@ -268,7 +269,7 @@ def test_artifacts_land_in_mlflow(
     names = {Path(a.path).name for a in client.list_artifacts(parent, "pareto")}
     assert names == {"pareto-map-latency.png", "pareto-map-latency.html", "pareto-map-latency.csv"}
     run = client.get_run(parent)
-    assert run.data.metrics["pareto.hypervolume.map-latency"] == pytest.approx(r["hypervolume"])
+    assert run.data.metrics["pareto.hypervolume.map-latency"] == pytest.approx(r.hypervolume)
     assert run.data.tags["pareto.knee.map-latency"] == "1"
     with pytest.raises(NasNeckError, match="is not in"):
         log_to_mlflow(picks_study, r, f"sqlite:///{tmp_path}/other.db")
@@ -278,7 +279,7 @@ def test_cli_pareto_and_show_trial(tmp_path: Path, capsys: pytest.CaptureFixture
     from typer.testing import CliRunner
 
     from nas_neck.cli import app
-    from nas_neck.cli_pareto import show_trial
+    from nas_neck.cli.show import _show_trial as show_trial
 
     storage = f"sqlite:///{tmp_path}/cli.db"
     study = new_study(storage, "cli")

@@ -17,7 +17,8 @@ from search_fixtures import tiny_config, tiny_proxy
 from nas_neck.errors import NasNeckError
 from nas_neck.pareto import front_trials
 from nas_neck.search.ray_backend import run_ray_search
-from nas_neck.search.runner import SearchSettings, run_search
+from nas_neck.search.runner import run_search
+from nas_neck.search.settings import SearchSettings
 from nas_neck.search.study import counted, load_existing_study
 
 SPACES = Path(__file__).parents[1] / "search_spaces"
@@ -174,7 +175,7 @@ sys.path.insert(0, {str(Path(__file__).parent)!r})
 import ray
 from search_fixtures import tiny_config
 from nas_neck.search.ray_backend import run_ray_search
-from nas_neck.search.runner import SearchSettings
+from nas_neck.search.settings import SearchSettings
 settings = SearchSettings(space={str(SPACES / "light.yaml")!r}, study="local-ray", trials=2, baselines=[],
                           storage="sqlite:///nas.db", tracking_uri="sqlite:///mlflow.db", out_dir="runs")
 study = run_ray_search(settings, tiny_config(__import__("pathlib").Path({str(root)!r})))

@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 from search_fixtures import SIZE, tiny_config, tiny_proxy
 
 from nas_neck.proxy import ProxyTask
-from nas_neck.search.runner import SearchSettings, run_search
+from nas_neck.search.runner import run_search
+from nas_neck.search.settings import SearchSettings
 from nas_neck.search.study import counted
 
 SPACES = Path(__file__).parents[1] / "search_spaces"

@@ -6,7 +6,8 @@ import pytest
 import torch
 from search_fixtures import tiny_config
 
-from nas_neck.detect.trainer import Detector, TrainConfig, TrainingDiverged, load_checkpoint, train
+from nas_neck.config import TrainConfig
+from nas_neck.detect.trainer import Detector, TrainingDiverged, load_checkpoint, train
 from nas_neck.dsl import SearchSpace, load_architecture
 from nas_neck.proxy import ProxyTask
 

@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 from search_fixtures import tiny_config, tiny_proxy
 
 from nas_neck.dsl import load_architecture
-from nas_neck.search.runner import SearchSettings, prepare_study
+from nas_neck.search.session import prepare_study
+from nas_neck.search.settings import SearchSettings
 from nas_neck.search.study import (
     Heartbeat,
     Objectives,

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from nas_neck.config import TrainConfig
 from nas_neck.detect.decode import decode
 from nas_neck.detect.head import DetectionHead, HeadOutput
 from nas_neck.detect.loss import DetectionLoss
@@ -32,25 +32,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(NasNeckError):
     """The loss became NaN or infinite."""
-
-
-class TrainConfig(BaseModel):
-    """The proxy-training recipe shared by every candidate."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(30, ge=0)
-    grad_clip: float = Field(10.0, gt=0)
-    seed: int = 0
-    head_width: int = Field(64, ge=8)
-    head_convs: int = Field(2, ge=1)
-    score_thresh: float = 0.05
-    count_thresh: float = 0.35
-    max_det: int = 300
 
 
 class Detector(nn.Module):

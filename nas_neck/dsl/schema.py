@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,20 @@ from nas_neck.ops import BLOCKS, DOWNSAMPLE_MODES, FUSE_OPS, UPSAMPLE_MODES
 MIN_LEVEL, MAX_LEVEL = 2, 7
 BACKBONE_LEVELS = (2, 3, 4, 5)
 
+
+def _registered(registry: Mapping[str, Any]) -> Check:
+    """Check: a name in an op registry, read when validating (ops can be added at runtime)."""
+    return lambda v: one_of(list(registry))(v)
+
+
 CHECKS: dict[str, Check] = {
     "level": int_in(MIN_LEVEL, MAX_LEVEL, "a pyramid level"),
-    "fuse": one_of(FUSE_OPS),
-    "block": one_of(BLOCKS),
+    "fuse": _registered(FUSE_OPS),
+    "block": _registered(BLOCKS),
     "depth": int_in(1, 8, "a block depth"),
     "width": int_in(1, None, "a positive integer width"),
-    "upsample": one_of(UPSAMPLE_MODES),
-    "downsample": one_of(DOWNSAMPLE_MODES),
+    "upsample": _registered(UPSAMPLE_MODES),
+    "downsample": _registered(DOWNSAMPLE_MODES),
     "repeat": int_in(1, 16, "a repeat count"),
     "nodes": int_in(0, 64, "a node count"),
     "fan_in": int_in(1, 8, "a fan-in"),

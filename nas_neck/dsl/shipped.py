@@ -48,4 +48,3 @@ def space_ref(ref: str | Path) -> str:
     if path.exists():
         return str(path.resolve())
     return str(ref)
-

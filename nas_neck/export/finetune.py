@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nas_neck.config import TrainConfig
 from nas_neck.detect.loss import DetectionLoss
-from nas_neck.detect.trainer import Detector, TrainConfig, TrainingDiverged, train
+from nas_neck.detect.trainer import Detector, TrainingDiverged, train
 from nas_neck.device import autocast_context
 from nas_neck.dsl import Architecture
 from nas_neck.errors import NasNeckError

@@ -2,43 +2,56 @@
 
 The generated `neck.py` holds one `Neck(nn.Module)` whose `__init__` creates a named submodule
 per graph step (`p5_to_t4` resamples P5 for node T4, `t4_fuse` its weighted fusion, `t4` its
-block) and whose `forward` lists the graph's steps in order, with the building blocks it uses
-copied from `nas_neck.export._blocks`. Repeated cells (BiFPN, NAS-FPN) become a `Cell` class
-stacked `repeat` times. `StandaloneSource.state_dict` renames a `GraphNeck`'s weights to the
-generated module's names, so `Neck().load_state_dict(...)` just works.
+block) and whose `forward` lists the graph's steps in order. Repeated cells (BiFPN, NAS-FPN)
+become a `Cell` class stacked `repeat` times. `StandaloneSource.state_dict` renames a
+`GraphNeck`'s weights to the generated module's names, so `Neck().load_state_dict(...)` just
+works.
 
-The module tree is read from the `GraphNeck` itself (a fused one from `fuse_neck` gives fused
-code), the graph from its cells' slot plan: one source of truth, checked by the parity tests.
+Nothing here knows the ops: each submodule is written from the constructor call that
+`nas_neck.ops.registry.build` recorded on it (`Bottleneck(64, 32)`, `nn.MaxPool2d(3, 2, 1)`),
+and the source of every class it names, with the module-level classes and functions that
+source reads (`ConvBnAct`, `_fold_bn`), is copied verbatim, dependencies first. Torch's own
+modules are written as `nn.<Name>`. Stateless fusions that define `inline` become expressions
+(`a + b`). A fused neck (`fuse_neck`) is written through `nas_neck.ops.registry.DEPLOYED`:
+`ConvAct` wherever a `ConvBnAct` was built, a 3x3 `ConvAct` for a RepConv.
+
+The module tree is read from the `GraphNeck` itself, the graph from its cells' slot plan: one
+source of truth, checked by the parity tests.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import inspect
+import json
 import keyword
 import re
+import sys
+import textwrap
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from nas_neck.errors import NasNeckError
-from nas_neck.export import _blocks
 from nas_neck.neck import GraphNeck
-from nas_neck.ops import blocks as ops_blocks
-from nas_neck.ops import fusion as ops_fusion
-from nas_neck.ops import resample as ops_resample
-from nas_neck.ops.conv import ConvBnAct
+from nas_neck.ops.registry import DEPLOYED, Call, call_of, deployed
 
 __all__ = ["SearchInfo", "StandaloneSource", "neck_source"]
 
 _WIDTH = 88  # ruff's default line length: the generated file is formatted as written
 _RESERVED = {"self", "features", "feats", "outs", "cell", "x", "torch", "nn", "F", "Tensor", "Path"}
-_BLOCK_ORDER = [
-    name
-    for name, obj in vars(_blocks).items()
-    if inspect.isclass(obj) and issubclass(obj, nn.Module)
-]
+_TAKEN = {"Neck", "Cell", "FirstCell", "torch", "nn", "F", "Tensor", "Path", "importlib"}
+_PREAMBLE = {  # imports every file has (F when it is used): copied code may rely on them
+    "import torch",
+    "import torch.nn.functional as F",
+    "from torch import nn",
+    "from torch import Tensor",
+}
 
 
 @dataclass(frozen=True)
@@ -162,8 +175,7 @@ class _Generator:
         self.info = info
         self.arch = neck.arch
         self.fused = _fused_state(neck)
-        self.classes: set[str] = set()
-        self.uses_f = False
+        self.classes: dict[type, None] = {}  # the classes the generated code builds, in order
         self.cell_classes: list[str] = []
 
     def run(self) -> StandaloneSource:
@@ -209,16 +221,13 @@ class _Generator:
                     scope.attr(step, made, f"{base}.edges.{j}.ops", self._keys(edge.ops))
                     expr = f"self.{step}({src})"
                 if edge.up:
-                    self.uses_f = True
                     size = (
                         f"size={slots[ref]}.shape[-2:]"
                         if ref >= 0
                         else f"scale_factor={float(edge.scale)}"
                     )
-                    mode = f'mode="{edge.mode}"' + (
-                        ", align_corners=False" if edge.mode == "bilinear" else ""
-                    )
-                    expr = f"F.interpolate({expr}, {size}, {mode})"
+                    how = ", ".join(f"{k}={_literal(v)}" for k, v in edge.interpolation.items())
+                    expr = f"F.interpolate({expr}, {size}, {how})"
                 if expr != src:
                     step = step or scope.name(f"{src}_to_{var}")
                     scope.say(f"{step} = {expr}")
@@ -300,21 +309,24 @@ class _Generator:
     def _fusion(
         self, scope: _Scope, module: nn.Module, terms: list[str], var: str, source: str
     ) -> str:
-        if isinstance(module, ops_fusion.SumFusion):
-            return " + ".join(terms)
-        if isinstance(module, ops_fusion.ConcatFusion):
-            return f"torch.cat([{', '.join(terms)}], dim=1)" if len(terms) > 1 else terms[0]
-        if isinstance(module, ops_fusion.GpAttentionFusion):
-            if len(terms) == 1:
-                return terms[0]
-            last, rest = terms[-1], " + ".join(terms[:-1])
-            rest = f"({rest})" if len(terms) > 2 else rest
-            gate = scope.name(f"{var}_gate")
-            scope.say(f"{gate} = torch.sigmoid({last}.mean((2, 3), keepdim=True))")
-            return f"{last} + {gate} * {rest}"
+        """The expression fusing `terms`: the fusion's `inline` code, else a module call."""
+        inline = getattr(module, "inline", None)
+        if inline is not None:
+            if module.state_dict():
+                raise NasNeckError(f"{type(module).__name__} has weights: it cannot be inline")
+            return inline(terms, lambda name, expr: self._let(scope, f"{var}_{name}", expr))
         attr = scope.name(f"{var}_fuse")
-        scope.attr(attr, self._module(module), source, [])
+        made = self._module(module)
+        if made is None:
+            raise NasNeckError(f"fusion {type(module).__name__} writes no module (an ops bug)")
+        scope.attr(attr, made, source, self._keys(module))
         return f"self.{attr}([{', '.join(terms)}])"
+
+    def _let(self, scope: _Scope, name: str, expr: str) -> str:
+        """Bind `expr` to a fresh variable named after `name` in `forward`; returns it."""
+        var = scope.name(name)
+        scope.say(f"{var} = {expr}")
+        return var
 
     def _module(self, m: nn.Module) -> tuple[str, list[str]] | None:
         """(callable, args) constructing `m`; None for a module that does nothing."""
@@ -325,81 +337,54 @@ class _Generator:
             return "nn.Sequential", [_call(*p) for p in parts]
         if isinstance(m, nn.Identity):
             return None
-        if isinstance(m, ConvBnAct):
-            c = m.conv
-            args = [str(c.in_channels), str(c.out_channels), str(c.kernel_size[0])]
-            for key, value in (
-                ("stride", c.stride[0]),
-                ("groups", c.groups),
-                ("dilation", c.dilation[0]),
-            ):
-                if value != 1:
-                    args.append(f"{key}={value}")
-            if isinstance(m.act, nn.Identity):
-                args.append("act=False")
-            return self._use("ConvAct" if self.fused else "ConvBnAct"), args
-        if isinstance(m, ops_blocks.RepConv):
-            if m.fused is not None:
-                return self._use("ConvAct"), [str(m.in_ch), str(m.out_ch), "3"]
-            return self._use("RepConv"), [str(m.in_ch), str(m.out_ch)]
-        if isinstance(m, ops_blocks.DwConv):
-            return self._use("DwConv"), _ints(m.dw.conv.in_channels, m.pw.conv.out_channels)
-        if isinstance(m, ops_blocks.Bottleneck):
-            cin, cout = m.cv1.conv.in_channels, m.cv2.conv.out_channels
-            plain = not m.add and cin == cout
-            return self._use("Bottleneck"), _ints(cin, cout) + (["shortcut=False"] if plain else [])
-        if isinstance(m, ops_blocks.C3):
-            return self._use("C3"), _ints(m.cv1.conv.in_channels, m.cv3.conv.out_channels, len(m.m))
-        if isinstance(m, ops_blocks.C2f):
-            return self._use("C2f"), _ints(
-                m.cv1.conv.in_channels, m.cv2.conv.out_channels, len(m.m)
-            )
-        if isinstance(m, ops_blocks.Aspp):
-            return self._use("Aspp"), _ints(
-                m.branches[0].conv.in_channels, m.project.conv.out_channels
-            )
-        if isinstance(m, ops_resample.SpaceToDepth):
-            self.uses_f = True
-            return self._use("SpaceToDepth"), []
-        if isinstance(m, nn.MaxPool2d):
-            return "nn.MaxPool2d", _ints(m.kernel_size, m.stride, m.padding)
-        if isinstance(m, nn.AvgPool2d):
-            extra = [] if m.count_include_pad else ["count_include_pad=False"]
-            return "nn.AvgPool2d", _ints(m.kernel_size, m.stride, m.padding) + extra
-        if isinstance(m, ops_fusion.WeightedFusion):
-            eps = [] if m.eps == 1e-4 else [f"eps={m.eps}"]
-            return self._use("WeightedFusion"), _ints(m.weight.numel()) + eps
-        if isinstance(m, ops_fusion.SoftmaxFusion):
-            return self._use("SoftmaxFusion"), _ints(m.weight.numel())
-        if isinstance(m, ops_fusion.SpatialFusion):
-            n = m.logits.out_channels
-            return self._use("SpatialFusion"), _ints(n, m.logits.in_channels // n)
-        raise NasNeckError(
-            f"cannot export {type(m).__name__} modules yet: teach nas_neck.export.source about it"
-        )
+        call = self._written(m)
+        args = [_literal(a) for a in call.args]
+        args += [f"{key}={_literal(value)}" for key, value in call.kwargs.items()]
+        return self._use(call.cls), args
 
     def _keys(self, m: nn.Module) -> list[tuple[str, str]]:
-        """Key renames inside `m` (relative): collapsed one-module Sequentials, fused RepConvs."""
+        """Key renames inside `m` (relative): collapsed one-module Sequentials, and the
+        renames of the call it is written as (a fused RepConv's `fused` -> `conv`)."""
         if isinstance(m, nn.Sequential):
             live = [(str(i), c) for i, c in enumerate(m) if self._module(c) is not None]
             if len(live) == 1:
                 i, child = live[0]
                 return [(i, "")] + [(_join(i, s), d) for s, d in self._keys(child)]
             return [(_join(i, s), _join(i, d)) for i, c in live for s, d in self._keys(c)]
-        if isinstance(m, ops_blocks.RepConv) and m.fused is not None:
-            return [("fused", "conv")]
-        return []
+        if isinstance(m, nn.Identity):
+            return []
+        return list(self._written(m).renames.items())
 
-    def _use(self, cls: str) -> str:
-        self.classes.add(cls)
-        return cls
+    def _written(self, m: nn.Module) -> Call:
+        """The call the generated code makes for `m`: the recorded one, fused if the neck is."""
+        call = call_of(m)
+        if call is None:
+            raise NasNeckError(
+                f"cannot export a {type(m).__name__} module built without nas_neck.ops.build: "
+                "its factory must build it through build(cls, *args) to record the call"
+            )
+        return deployed(call) if self.fused else call
+
+    def _use(self, cls: type) -> str:
+        """The name the generated code calls `cls` by: `nn.<Name>` for torch's own modules,
+        else the class's own name, its source copied into the file."""
+        if cls.__module__.split(".")[0] == "torch":
+            if getattr(nn, cls.__name__, None) is not cls:
+                raise NasNeckError(f"cannot export {cls.__module__}.{cls.__name__}: not in nn")
+            return f"nn.{cls.__name__}"
+        self.classes[cls] = None
+        return cls.__name__
 
     # ---- the file -------------------------------------------------------------------------
     def _file(self, top: _Scope) -> str:
         arch = self.arch
-        imports = ["import importlib.util", "from pathlib import Path", "", "import torch"]
-        if self.uses_f:
+        copied, extra = _copies(list(self.classes), self.fused)
+        code = "\n".join([*copied, *self.cell_classes, *top.init, *top.body])
+        stdlib = sorted(line for line in extra if not line.split()[1].startswith("torch"))
+        imports = ["import importlib.util", "from pathlib import Path", *stdlib, "", "import torch"]
+        if re.search(r"\bF\.", code):
             imports.append("import torch.nn.functional as F")
+        imports += sorted(set(extra) - set(stdlib))
         imports.append("from torch import Tensor, nn")
         call = f"neck([{', '.join(f'p{lvl}' for lvl in arch.inputs)}])  # backbone maps"
         head = "\n".join(
@@ -414,18 +399,8 @@ class _Generator:
             ]
         )
         preamble = "\n\n".join([head, "from __future__ import annotations", "\n".join(imports)])
-        classes = [*self._block_sources(), *self.cell_classes, self._neck_class(top)]
+        classes = [*copied, *self.cell_classes, self._neck_class(top)]
         return "\n\n\n".join(c.rstrip("\n") for c in [preamble, *classes]) + "\n"
-
-    def _block_sources(self) -> list[str]:
-        wanted = set(self.classes)
-        grew = True
-        while grew:  # classes a used class builds (C3 -> Bottleneck -> ConvBnAct)
-            code = "\n".join(_class_source(name, self.fused) for name in wanted)
-            more = {name for name in _BLOCK_ORDER if re.search(rf"\b{name}\(", code)}
-            grew = not more <= wanted
-            wanted |= more
-        return [_class_source(name, self.fused) for name in _BLOCK_ORDER if name in wanted]
 
     def _neck_class(self, top: _Scope) -> str:
         neck, arch = self.neck, self.arch
@@ -505,17 +480,117 @@ def from_pretrained(cls, path: str | Path | None = None) -> Neck:
 
 # ---- helpers --------------------------------------------------------------------------------------
 def _fused_state(neck: nn.Module) -> bool:
-    """Whether every conv unit of `neck` is fused (`fuse_neck`); mixed states are refused."""
-    states = {isinstance(m.bn, nn.Identity) for m in neck.modules() if isinstance(m, ConvBnAct)}
-    states |= {m.fused is not None for m in neck.modules() if isinstance(m, ops_blocks.RepConv)}
+    """Whether `neck` is fused (`fuse_neck`): its re-parameterizable modules (those with a
+    `reparameterize` method) hold no BatchNorm. A mix of fused and unfused ones is refused."""
+    states = {
+        not any(isinstance(s, _BatchNorm) for s in m.modules())
+        for m in neck.modules()
+        if callable(getattr(m, "reparameterize", None))
+    }
     if len(states) > 1:
         raise NasNeckError("the neck is partly fused; export it unfused or through fuse_neck")
     return states == {True}
 
 
-def _class_source(name: str, fused: bool) -> str:
-    code = inspect.getsource(getattr(_blocks, name))
-    return re.sub(r"\bConvBnAct\b", "ConvAct", code) if fused else code
+# ---- copied source ------------------------------------------------------------------------
+def _copies(classes: list[type], fused: bool) -> tuple[list[str], list[str]]:
+    """The source of `classes` and of the module-level classes and functions they read,
+    dependencies first, and the imports that code needs beyond the file's own.
+
+    In a fused file, a class with a bare `DEPLOYED` entry is replaced by its entry's class
+    (`ConvBnAct` -> `ConvAct`), in the copied code too."""
+    twins = {}
+    if fused:
+        twins = {c: f.cls for c, f in DEPLOYED.items() if f == Call(f.cls)}
+    sources: dict[Any, str] = {}
+    imports: set[str] = set()
+    visiting: set[Any] = set()
+
+    def visit(obj: Any) -> None:
+        if obj in sources or obj in visiting:
+            return
+        visiting.add(obj)
+        code, deps = _copy(obj, twins, fused, imports)
+        for dep in deps:
+            visit(dep)
+        sources[obj] = code
+
+    for cls in classes:
+        visit(cls)
+    names = [obj.__name__ for obj in sources]
+    if clash := sorted({n for n in names if names.count(n) > 1 or n in _TAKEN}):
+        raise NasNeckError(f"cannot export: the copied names {clash} clash")
+    return list(sources.values()), sorted(imports - _PREAMBLE)
+
+
+def _copy(
+    obj: Any, twins: dict[type, type], fused: bool, imports: set[str]
+) -> tuple[str, list[Any]]:
+    """`obj`'s source (with fused twins renamed) and the classes and functions it reads
+    from its module; adds the imports it needs to `imports`."""
+    code = textwrap.dedent(inspect.getsource(obj))
+    scope = vars(sys.modules[obj.__module__])
+    deps = []
+    for name in _free_names(code):
+        if name not in scope:
+            if hasattr(builtins, name):
+                continue
+            raise NasNeckError(f"cannot export {obj.__name__}: it reads an unknown name {name!r}")
+        value = scope[name]
+        if isinstance(value, ModuleType):
+            imports.add(_import_module(name, value))
+            continue
+        if inspect.isclass(value) and value in twins:
+            value = twins[value]
+            code = re.sub(rf"\b{name}\b", value.__name__, code)
+        elif fused and inspect.isclass(value) and value in DEPLOYED:
+            raise NasNeckError(
+                f"cannot export a fused {name} built inside {obj.__name__}: only a bare "
+                "DEPLOYED entry (same arguments and weights) can stand in for it there"
+            )
+        top = getattr(value, "__module__", "").split(".")[0]
+        if top == "torch" or top in sys.stdlib_module_names:
+            alias = "" if value.__name__ == name else f" as {name}"
+            imports.add(f"from {value.__module__} import {value.__name__}{alias}")
+        elif inspect.isclass(value) or inspect.isfunction(value):
+            deps.append(value)
+        else:
+            raise NasNeckError(f"cannot export {obj.__name__}: cannot copy {name!r}")
+    return code, deps
+
+
+def _free_names(code: str) -> list[str]:
+    """The names `code` (a class or function definition) reads without binding them, in
+    order of appearance."""
+    nodes = list(ast.walk(ast.parse(code)))
+    bound = {n.arg for n in nodes if isinstance(n, ast.arg)}
+    bound |= {n.name for n in nodes if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    bound |= {
+        (a.asname or a.name).split(".")[0]
+        for n in nodes
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
+    bound |= {n.id for n in nodes if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    loads = [n for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    loads.sort(key=lambda n: (n.lineno, n.col_offset))
+    return list(dict.fromkeys(n.id for n in loads if n.id not in bound))
+
+
+def _import_module(name: str, module: ModuleType) -> str:
+    """The import binding `module` to `name`; only torch and the standard library."""
+    path = module.__name__
+    if path.split(".")[0] != "torch" and path.split(".")[0] not in sys.stdlib_module_names:
+        raise NasNeckError(f"cannot export code that imports {path}: only torch is allowed")
+    parent, _, last = path.rpartition(".")
+    if path == name:
+        return f"import {name}"
+    return f"from {parent} import {name}" if last == name else f"import {path} as {name}"
+
+
+def _literal(value: Any) -> str:
+    """`value` as Python source, strings double-quoted like ruff writes them."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def _call(func: str, args: list[str]) -> str:
@@ -597,10 +672,6 @@ def _indent(lines: list[str], n: int) -> list[str]:
 
 def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
-
-
-def _ints(*values: int) -> list[str]:
-    return [str(v) for v in values]
 
 
 def _levels(levels: Any) -> str:

@@ -1,21 +1,28 @@
-"""Blocks that refine a fused map: the DSL's `block` values, each repeated `depth` times.
+"""Blocks that refine a fused map: the DSL's `block` values, `depth` units deep.
 
 Every block maps `in_ch -> out_ch`; the first unit changes the width, the rest keep it.
+`BLOCKS` maps each name to its factory; a new block is a class and one entry there,
+usually `repeated(NewBlock)`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_neck.ops.conv import ConvBnAct
+from nas_neck.ops.conv import ConvAct, ConvBnAct, _fold_bn
+from nas_neck.ops.registry import DEPLOYED, Call, build, lookup
 
-BLOCKS = ("none", "conv", "dwconv", "bottleneck", "csp", "c2f", "repconv", "aspp")
+BlockFactory = Callable[[int, int, int], nn.Module]
+"""`(in_ch, out_ch, depth) -> module`."""
 
 
 class DwConv(nn.Module):
-    """Depthwise-separable conv: 3x3 depthwise (BN, SiLU) then 1x1 pointwise (BN, SiLU)."""
+    """Depthwise-separable conv: 3x3 depthwise then 1x1 pointwise, each with SiLU."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
@@ -27,13 +34,11 @@ class DwConv(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """YOLO bottleneck: 3x3 -> 3x3 with a residual shortcut when widths match."""
+    """YOLO bottleneck: 3x3 -> 3x3, with a residual shortcut when widths match."""
 
-    def __init__(
-        self, in_ch: int, out_ch: int, shortcut: bool = True, expansion: float = 1.0
-    ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, shortcut: bool = True) -> None:
         super().__init__()
-        hidden = max(8, int(out_ch * expansion))
+        hidden = max(8, out_ch)
         self.cv1 = ConvBnAct(in_ch, hidden, 3)
         self.cv2 = ConvBnAct(hidden, out_ch, 3)
         self.add = shortcut and in_ch == out_ch
@@ -44,14 +49,15 @@ class Bottleneck(nn.Module):
 
 
 class C3(nn.Module):
-    """CSP bottleneck with 3 convs (YOLOv5 C3): half the channels skip the bottlenecks."""
+    """CSP bottleneck with 3 convs (YOLOv5): half the channels skip the bottlenecks."""
 
     def __init__(self, in_ch: int, out_ch: int, depth: int = 1) -> None:
         super().__init__()
         hidden = max(8, out_ch // 2)
         self.cv1 = ConvBnAct(in_ch, hidden, 1)
         self.cv2 = ConvBnAct(in_ch, hidden, 1)
-        self.m = nn.Sequential(*(Bottleneck(hidden, hidden, shortcut=False) for _ in range(depth)))
+        blocks = [Bottleneck(hidden, hidden, shortcut=False) for _ in range(depth)]
+        self.m = nn.Sequential(*blocks)
         self.cv3 = ConvBnAct(2 * hidden, out_ch, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +65,7 @@ class C3(nn.Module):
 
 
 class C2f(nn.Module):
-    """YOLOv8 C2f: split, chain `depth` bottlenecks, concatenate every intermediate, project."""
+    """YOLOv8 C2f: split, chain bottlenecks, concatenate every intermediate, project."""
 
     def __init__(self, in_ch: int, out_ch: int, depth: int = 1) -> None:
         super().__init__()
@@ -79,7 +85,7 @@ class C2f(nn.Module):
 
 
 class RepConv(nn.Module):
-    """RepVGG block: 3x3+BN, 1x1+BN and (same width) identity BN branches, summed, then SiLU.
+    """RepVGG block: 3x3 conv+BN, 1x1 conv+BN, (same width) identity BN; summed, SiLU.
 
     `reparameterize()` folds all branches into one 3x3 conv with bias for deployment.
     """
@@ -103,7 +109,9 @@ class RepConv(nn.Module):
 
     @torch.no_grad()
     def reparameterize(self) -> None:
-        """Replace the branches by a single equivalent 3x3 conv (eval-mode BN statistics)."""
+        """Replace the branches by one equivalent 3x3 conv (eval-mode BN statistics)."""
+        if self.fused is not None:
+            return
         w3, b3 = _fold_bn(self.conv3.conv.weight, self.conv3.bn)
         w1, b1 = _fold_bn(self.conv1.conv.weight, self.conv1.bn)
         weight = w3 + F.pad(w1, (1, 1, 1, 1))
@@ -113,22 +121,19 @@ class RepConv(nn.Module):
             eye[torch.arange(self.in_ch), torch.arange(self.in_ch), 1, 1] = 1.0
             wi, bi = _fold_bn(eye, self.identity)
             weight, bias = weight + wi, bias + bi
-        self.fused = nn.Conv2d(self.in_ch, self.out_ch, 3, padding=1, bias=True)
+        self.fused = nn.Conv2d(self.in_ch, self.out_ch, 3, padding=1).to(weight)
         self.fused.weight.copy_(weight)
         self.fused.bias.copy_(bias)
         del self.conv3, self.conv1, self.identity
         self.identity = None
 
 
-def _fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold eval-mode BatchNorm into the preceding bias-free conv's weight and a bias."""
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
-    return weight * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+# A fused RepConv(in_ch, out_ch) is the 3x3 ConvAct(in_ch, out_ch, 3).
+DEPLOYED[RepConv] = Call(ConvAct, (3,), renames={"fused": "conv"})
 
 
 class Aspp(nn.Module):
-    """Atrous spatial pyramid: parallel 1x1 and dilated 3x3 convs (rates 1, 2, 3), concat, project."""
+    """Atrous spatial pyramid: a 1x1 and 3x3 convs at dilations 1, 2, 3; concat, 1x1."""
 
     rates = (1, 2, 3)
 
@@ -145,21 +150,42 @@ class Aspp(nn.Module):
         return self.project(torch.cat([b(x) for b in self.branches], dim=1))
 
 
+def repeated(unit: type[nn.Module], *args: Any) -> BlockFactory:
+    """`depth` x `unit(in_ch, out_ch, *args)` in a row; the first changes the width."""
+
+    def make(in_ch: int, out_ch: int, depth: int) -> nn.Module:
+        units = (
+            build(unit, out_ch if i else in_ch, out_ch, *args) for i in range(depth)
+        )
+        return nn.Sequential(*units)
+
+    return make
+
+
+def deep(cls: type[nn.Module]) -> BlockFactory:
+    """One `cls(in_ch, out_ch, depth)`: a block that repeats its own inner units."""
+    return lambda in_ch, out_ch, depth: build(cls, in_ch, out_ch, depth)
+
+
+def _projection(in_ch: int, out_ch: int, depth: int) -> nn.Module:
+    """Block `none`: nothing, or a linear 1x1 projection when the width changes."""
+    if in_ch == out_ch:
+        return nn.Identity()
+    return build(ConvBnAct, in_ch, out_ch, 1, act=False)
+
+
+BLOCKS: dict[str, BlockFactory] = {
+    "none": _projection,
+    "conv": repeated(ConvBnAct, 3),
+    "dwconv": repeated(DwConv),
+    "bottleneck": repeated(Bottleneck),
+    "csp": deep(C3),
+    "c2f": deep(C2f),
+    "repconv": repeated(RepConv),
+    "aspp": repeated(Aspp),
+}
+
+
 def make_block(name: str, in_ch: int, out_ch: int, depth: int = 1) -> nn.Module:
-    """Build block `name` repeated `depth` times (C3/C2f take `depth` as their inner repeats)."""
-    if name == "none":
-        return nn.Identity() if in_ch == out_ch else ConvBnAct(in_ch, out_ch, 1, act=False)
-    if name == "csp":
-        return C3(in_ch, out_ch, depth)
-    if name == "c2f":
-        return C2f(in_ch, out_ch, depth)
-    unit = {
-        "conv": lambda i, o: ConvBnAct(i, o, 3),
-        "dwconv": DwConv,
-        "bottleneck": Bottleneck,
-        "repconv": RepConv,
-        "aspp": Aspp,
-    }.get(name)
-    if unit is None:
-        raise ValueError(f"unknown block {name!r}; expected one of {', '.join(BLOCKS)}")
-    return nn.Sequential(*(unit(in_ch if i == 0 else out_ch, out_ch) for i in range(depth)))
+    """Build block `name` (a `BLOCKS` entry), `depth` units deep."""
+    return lookup(BLOCKS, "block", name)(in_ch, out_ch, depth)

@@ -1,14 +1,24 @@
 """Fusion ops: how a neck node combines its (already resampled) inputs.
 
-All ops but `concat` expect inputs of equal shape. Names are the DSL's `fuse` values.
+All ops but `concat` expect inputs of equal shape. `FUSE_OPS` maps each of the DSL's
+`fuse` values to its factory. A fusion without weights may define `inline(xs, let)`,
+its `forward` as one expression over the inputs' variable names, which an exported
+`neck.py` writes in place of a module (`let(name, expr)` binds a helper variable).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-FUSE_OPS = ("sum", "concat", "weighted", "softmax", "gp_attention", "spatial")
+from nas_neck.ops.registry import build, lookup
+
+FusionFactory = Callable[[int, int], nn.Module]
+"""`(n_inputs, channels) -> module`."""
+Let = Callable[[str, str], str]
+"""`let(name, expr) -> variable`: binds `expr` to a fresh variable in exported code."""
 
 
 class SumFusion(nn.Module):
@@ -20,16 +30,26 @@ class SumFusion(nn.Module):
             out = out + x
         return out
 
+    @staticmethod
+    def inline(xs: list[str], let: Let) -> str:
+        """`forward` as code over the inputs' variable names."""
+        return " + ".join(xs)
+
 
 class ConcatFusion(nn.Module):
-    """Channel concatenation (PAN / YOLO); the node's block projects back to its width."""
+    """Channel concatenation (PAN / YOLO); the node's block projects to its width."""
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(xs, dim=1)
 
+    @staticmethod
+    def inline(xs: list[str], let: Let) -> str:
+        """`forward` as code over the inputs' variable names."""
+        return f"torch.cat([{', '.join(xs)}], dim=1)" if len(xs) > 1 else xs[0]
+
 
 class WeightedFusion(nn.Module):
-    """BiFPN fast normalized fusion: `w = relu(w); out = sum(w_i x_i) / (sum(w) + eps)`."""
+    """BiFPN fast normalized fusion: `w = relu(w); sum(w_i x_i) / (sum(w) + eps)`."""
 
     def __init__(self, n: int, eps: float = 1e-4) -> None:
         super().__init__()
@@ -46,7 +66,7 @@ class WeightedFusion(nn.Module):
 
 
 class SoftmaxFusion(nn.Module):
-    """Softmax-normalised scalar weights per input (EfficientDet's 'softmax' attention variant)."""
+    """Softmax-normalised scalar weights, one per input (EfficientDet's 'softmax')."""
 
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -63,8 +83,9 @@ class SoftmaxFusion(nn.Module):
 class GpAttentionFusion(nn.Module):
     """NAS-FPN global-pooling cell generalised to n inputs.
 
-    The last input attends to the others: `out = x_n + sigmoid(GAP(x_n)) * sum(x_1..x_{n-1})`,
-    which for two inputs is the published `x2 + sigmoid(GAP(x2)) * x1`.
+    The last input attends to the others:
+    `out = x_n + sigmoid(GAP(x_n)) * sum(x_1..x_{n-1})`, which for two inputs is the
+    published `x2 + sigmoid(GAP(x2)) * x1`.
     """
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -77,9 +98,19 @@ class GpAttentionFusion(nn.Module):
         gate = torch.sigmoid(last.mean(dim=(2, 3), keepdim=True))
         return last + gate * rest
 
+    @staticmethod
+    def inline(xs: list[str], let: Let) -> str:
+        """`forward` as code over the inputs' variable names (the gate bound first)."""
+        if len(xs) == 1:
+            return xs[0]
+        rest = " + ".join(xs[:-1])
+        rest = f"({rest})" if len(xs) > 2 else rest
+        gate = let("gate", f"torch.sigmoid({xs[-1]}.mean((2, 3), keepdim=True))")
+        return f"{xs[-1]} + {gate} * {rest}"
+
 
 class SpatialFusion(nn.Module):
-    """Per-pixel softmax weights from a 1x1 conv over the stacked inputs (AugFPN ASF / ASFF)."""
+    """Per-pixel softmax weights from a 1x1 conv over the stacked inputs (ASF, ASFF)."""
 
     def __init__(self, n: int, channels: int) -> None:
         super().__init__()
@@ -93,18 +124,16 @@ class SpatialFusion(nn.Module):
         return out
 
 
+FUSE_OPS: dict[str, FusionFactory] = {
+    "sum": lambda n, channels: build(SumFusion),
+    "concat": lambda n, channels: build(ConcatFusion),
+    "weighted": lambda n, channels: build(WeightedFusion, n),
+    "softmax": lambda n, channels: build(SoftmaxFusion, n),
+    "gp_attention": lambda n, channels: build(GpAttentionFusion),
+    "spatial": lambda n, channels: build(SpatialFusion, n, channels),
+}
+
+
 def make_fusion(op: str, n: int, channels: int) -> nn.Module:
-    """Build fusion `op` for `n` inputs of `channels` channels each."""
-    if op == "sum":
-        return SumFusion()
-    if op == "concat":
-        return ConcatFusion()
-    if op == "weighted":
-        return WeightedFusion(n)
-    if op == "softmax":
-        return SoftmaxFusion(n)
-    if op == "gp_attention":
-        return GpAttentionFusion()
-    if op == "spatial":
-        return SpatialFusion(n, channels)
-    raise ValueError(f"unknown fusion op {op!r}; expected one of {', '.join(FUSE_OPS)}")
+    """Build fusion `op` (a `FUSE_OPS` entry) for `n` inputs of `channels` channels."""
+    return lookup(FUSE_OPS, "fusion op", op)(n, channels)

@@ -1,7 +1,8 @@
 """One trial of the search: sample, dedupe, measure, (maybe) train, evaluate, record.
 
 The same objective serves the local loop, worker processes and Ray Tune: it needs only an Optuna
-trial, a `ProxyTask` and a `Tracker`.
+trial, a `ProxyTask` and a `Tracker`. A trial with the user attr `baseline` evaluates that shipped
+fixed architecture instead of sampling one.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import optuna
 from optuna.trial import TrialState
 
 from nas_neck.dsl import Architecture, OptunaSampler, SearchSpace, load_architecture
+from nas_neck.metrics import cost_attr
+from nas_neck.search.settings import SearchSettings
 from nas_neck.search.study import Objectives, fail_stale_trials
 from nas_neck.search.tracking import Tracker
 
 if TYPE_CHECKING:
-    from nas_neck.search.runner import SearchSettings
+    from nas_neck.proxy import ProxyTask
 
 log = logging.getLogger(__name__)
 
-BASELINES_DIR = Path(__file__).parents[2] / "search_spaces"
-_COST_ATTR = {"latency": "latency_ms", "flops": "gflops", "params": "mparams"}
 _DUPLICATE_POLL_S = 2.0
 _HASHLESS_WAIT_S = 60.0  # how long a lower-numbered trial that has not sampled yet is waited for
 _NOT_INHERITED = (
@@ -55,7 +56,7 @@ class Objective:
     """Callable objective for `study.optimize`; returns (accuracy, cost)."""
 
     space: SearchSpace
-    proxy: Any  # nas_neck.proxy.ProxyTask
+    proxy: ProxyTask
     tracker: Tracker
     parent_run_id: str
     objectives: Objectives = field(default_factory=Objectives)
@@ -69,7 +70,7 @@ class Objective:
         cls,
         settings: SearchSettings,
         space: SearchSpace,
-        proxy: Any,
+        proxy: ProxyTask,
         tracker: Tracker,
         parent_run_id: str,
         hooks: Hooks | None = None,
@@ -129,7 +130,7 @@ class Objective:
             return self._reuse(trial, original, run_id)
         cost = self.proxy.cost(arch)
         self._record(trial, run_id, cost)
-        cost_value = cost[_COST_ATTR[self.objectives.cost]]
+        cost_value = cost[cost_attr(self.objectives.cost)]
         if self.max_latency_ms is not None:
             excess = cost["latency_ms"] - self.max_latency_ms
             trial.set_constraint("latency", excess)
@@ -157,9 +158,7 @@ class Objective:
     def _record(self, trial: optuna.Trial, run_id: str, values: dict[str, Any]) -> None:
         for k, v in values.items():
             trial.set_user_attr(k, v)
-        self.tracker.log_metrics(
-            run_id, {k: v for k, v in values.items() if isinstance(v, int | float)}
-        )
+        self.tracker.log_metrics(run_id, _numbers(values))
 
     def _find_original(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
         """An earlier trial of the same architecture: a finished one, or one still running
@@ -206,9 +205,7 @@ class Objective:
         for key, value in (original.constraints or {}).items():
             trial.set_constraint(key, value)
         self.tracker.set_tags(run_id, {"duplicate_of": original.number})
-        self.tracker.log_metrics(
-            run_id, {k: v for k, v in keep.items() if isinstance(v, int | float)}
-        )
+        self.tracker.log_metrics(run_id, _numbers(keep))
         log.info(
             "trial %d repeats trial %d's architecture; reusing its result",
             trial.number,
@@ -218,12 +215,18 @@ class Objective:
 
 
 def trial_architecture(space: SearchSpace, trial: optuna.Trial) -> Architecture:
-    """The trial's architecture: its baseline's (user attr `baseline`), else sampled from `space`
-    through the trial (a trial that already holds the parameters gets them back)."""
+    """The trial's architecture: its baseline's (user attr `baseline`, a shipped fixed space),
+    else sampled from `space` through the trial (a trial that already holds the parameters gets
+    them back)."""
     baseline = trial.user_attrs.get("baseline")
     if baseline:
-        return load_architecture(BASELINES_DIR / f"{baseline}.yaml")
+        return load_architecture(baseline)
     return space.sample(OptunaSampler(trial))
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    """The numeric values, as MLflow metrics (flags as 0/1; the tracker drops non-finite ones)."""
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
 
 
 def _flatten(arch: Architecture) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Terminal progress of a search: trials done / N with ETA, and the current trial's epochs."""
+"""Terminal progress of a search: trials done / N with ETA, and the current trial's epochs (when
+trials run in this process)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from nas_neck.search.study import finished_count
 
 
 class SearchProgress:
-    """Context manager owning a rich Progress; hands out `hooks` and `on_trial_end` callbacks."""
+    """Context manager owning a rich Progress; hands out `hooks` and `on_trial_end` callbacks.
 
-    def __init__(self, console: Console, trials: int, epochs: int) -> None:
+    Without `epochs` (trials run elsewhere, e.g. as Ray tasks) only the trials bar is shown.
+    """
+
+    def __init__(self, console: Console, trials: int, epochs: int | None = None) -> None:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -34,7 +38,9 @@ class SearchProgress:
             console=console,
         )
         self._trials = self._progress.add_task("trials", total=trials)
-        self._epochs = self._progress.add_task("  waiting", total=epochs)
+        self._epochs = (
+            None if epochs is None else self._progress.add_task("  waiting", total=epochs)
+        )
         self.hooks = Hooks(
             search_start=self._search_start, trial_start=self._trial_start, epoch=self._epoch
         )
@@ -46,22 +52,27 @@ class SearchProgress:
     def __exit__(self, *exc: Any) -> None:
         self._progress.stop()
 
-    def stop(self) -> None:
-        self._progress.stop()
-
     def _search_start(self, finished: int) -> None:
         self._progress.update(self._trials, completed=finished)
 
     def _trial_start(self, number: int, arch: Architecture) -> None:
+        if self._epochs is None:
+            return
         self._progress.update(
             self._epochs, completed=0, description=f"  trial {number}: {arch.name} {arch.hash}"
         )
 
     def _epoch(self, epoch: int, total: int, loss: float) -> None:
+        if self._epochs is None:
+            return
         desc = self._progress.tasks[self._epochs].description.split("  loss")[0]
         self._progress.update(
             self._epochs, completed=epoch, total=total, description=f"{desc}  loss {loss:.3f}"
         )
 
     def on_trial_end(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.count(study)
+
+    def count(self, study: optuna.Study) -> None:
+        """Show the study's finished trials (in every process) as done."""
         self._progress.update(self._trials, completed=finished_count(study))

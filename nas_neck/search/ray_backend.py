@@ -17,6 +17,7 @@ restarted by Tune once (`FailureConfig(max_failures=1)`) on the same Optuna tria
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -32,28 +33,22 @@ from ray import tune
 from ray.exceptions import AuthenticationError
 from ray.tune.search.optuna import OptunaSearch
 
+from nas_neck.config import ProxyConfig
 from nas_neck.device import available_cpus
 from nas_neck.dsl import SearchSpace
 from nas_neck.errors import NasNeckError
-from nas_neck.proxy import ProxyConfig, ProxyTask
+from nas_neck.metrics import finite
+from nas_neck.proxy import ProxyTask
 from nas_neck.search.objective import Objective, trial_architecture
-from nas_neck.search.runner import SearchSettings, absolute, finish, prepare_study
-from nas_neck.search.study import (
-    Heartbeat,
-    claimed_count,
-    fail_stale_trials,
-    finished_count,
-    is_journal,
-    make_sampler,
-    make_storage,
-)
+from nas_neck.search.session import prepare_study
+from nas_neck.search.settings import SearchSettings, shared
+from nas_neck.search.study import Heartbeat, make_sampler, make_storage
 from nas_neck.search.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 _TRIAL_ID = "optuna_trial_id"
 _TRIAL_NUMBER = "optuna_trial_number"
-_WAIT_POLL_S = 2.0
 _NOT_REPORTED = ("heartbeat", "duplicate_of", "retry_of")
 _proxies: dict[str, ProxyTask] = {}  # per Ray worker process: data and backbone loaded once
 
@@ -77,58 +72,48 @@ def run_ray_search(
         raise NasNeckError(
             f"--cpus-per-trial must be >= 1 and --gpus-per-trial >= 0, got {cpus_per_trial}, {gpus_per_trial}"
         )
-    settings, proxy_config = absolute(settings, proxy_config)
+    settings, proxy_config = shared(settings, proxy_config)
     if proxy_config.latency_threads > cpus_per_trial:
         log.warning(
             "latency measured with %d threads in trials of %d CPUs: timings will be noisy",
             proxy_config.latency_threads,
             cpus_per_trial,
         )
-    study, tracker, parent = prepare_study(settings, proxy_config)
-    native = not is_journal(settings.storage)
+    session = prepare_study(settings, proxy_config)
     sampler = make_sampler(settings.sampler, settings.seed)  # one for all rounds: no repeated draws
     started = _connect(ray_address)
     try:
-        concurrency = max_concurrent or _slots(
-            ray.cluster_resources(), cpus_per_trial, gpus_per_trial
-        )
-        job = {
-            "settings": settings.model_dump(mode="json"),
-            "proxy": proxy_config.model_dump(mode="json"),
-            "space": SearchSpace.load(settings.space),
-            "parent": parent,
-            "threads": cpus_per_trial,
-            "native": native,
-        }
-        rounds = 0
-        while finished_count(study) < settings.trials and rounds < 3:
-            fail_stale_trials(study, native)
-            todo = settings.trials - claimed_count(study)
-            if todo <= 0:  # the last ones run in other processes (workers)
-                time.sleep(_WAIT_POLL_S)
-                continue
-            rounds += 1
-            _tune(
-                study,
-                sampler,
-                job,
-                todo,
-                cpus_per_trial,
-                gpus_per_trial,
-                concurrency,
-                tracker,
-                on_trial_end,
+        with session.interruptible():
+            concurrency = max_concurrent or _slots(
+                ray.cluster_resources(), cpus_per_trial, gpus_per_trial
             )
-    except KeyboardInterrupt:
-        tracker.end(parent, "KILLED")
-        raise
+            job = {
+                "settings": settings.model_dump(mode="json"),
+                "proxy": proxy_config.model_dump(mode="json"),
+                "space": SearchSpace.load(settings.space),
+                "parent": session.parent,
+                "threads": cpus_per_trial,
+                "native": session.native,
+            }
+            # One `Tuner.fit()` a round, of the trials still to claim (at most 3 rounds: trials
+            # that fail without a reason run again); the session waits for trials of workers.
+            for todo in session.slots(settings.trials, rounds=3):
+                _tune(
+                    session.study,
+                    sampler,
+                    job,
+                    todo,
+                    cpus_per_trial,
+                    gpus_per_trial,
+                    concurrency,
+                    session.tracker,
+                    on_trial_end,
+                )
     finally:
         if started:
             ray.shutdown()
-    finish(study, tracker, parent, settings.out_dir, settings.max_latency_ms)
-    if finished_count(study) >= settings.trials:
-        tracker.end(parent)
-    return study
+    session.finish()
+    return session.study
 
 
 # ---- driver --------------------------------------------------------------------------------------
@@ -144,7 +129,8 @@ class _StudySearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         failed = bool(result) and (
-            "fail_reason" in result or not all(_finite(result.get(m)) for m in self._metric)
+            "fail_reason" in result
+            or not all(finite(result.get(m)) is not None for m in self._metric)
         )
         super().on_trial_complete(trial_id, None if failed else result, error=error or failed)
 
@@ -343,16 +329,7 @@ def _trainable(config: dict[str, Any], job: dict[str, Any]) -> None:
 
 def _proxy(config: dict[str, Any]) -> ProxyTask:
     """This process's `ProxyTask` for `config` (reused across trials when Tune reuses the actor)."""
-    import json
-
     key = json.dumps(config, sort_keys=True)
     if key not in _proxies:
         _proxies[key] = ProxyTask(ProxyConfig(**config))
     return _proxies[key]
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False

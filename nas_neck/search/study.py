@@ -15,7 +15,6 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +25,11 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from nas_neck.errors import NasNeckError
+from nas_neck.metrics import ACCURACY_METRICS, COST_METRICS, DIRECTIONS, cost_attr
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///nas.db"
-ACCURACY_METRICS = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-COST_METRICS = ("latency", "flops", "params")
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 HEARTBEAT_ATTR = "heartbeat"
 
@@ -51,6 +49,7 @@ class Objectives:
 
     @classmethod
     def parse(cls, text: str) -> Objectives:
+        """From `ACCURACY,COST` (`map,latency`), as `--objectives` takes it."""
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if len(parts) != 2 or parts[0] not in ACCURACY_METRICS or parts[1] not in COST_METRICS:
             raise NasNeckError(
@@ -62,14 +61,11 @@ class Objectives:
     @property
     def names(self) -> list[str]:
         """Metric names as stored on the study (cost with its unit)."""
-        return [
-            self.accuracy,
-            {"latency": "latency_ms", "flops": "gflops", "params": "mparams"}[self.cost],
-        ]
+        return [self.accuracy, cost_attr(self.cost)]
 
     @property
     def directions(self) -> list[str]:
-        return ["maximize", "minimize"]
+        return list(DIRECTIONS)
 
 
 def is_journal(url: str) -> bool:
@@ -154,6 +150,7 @@ def counted(trial: FrozenTrial) -> bool:
 
 
 def finished_count(study: optuna.Study) -> int:
+    """Trials that count toward the requested number (see `counted`)."""
     return sum(counted(t) for t in study.get_trials(deepcopy=False))
 
 
@@ -206,17 +203,6 @@ class Heartbeat:
                         self._trials.pop(trial.number, None)
                 except Exception as e:  # a storage hiccup must not end the beating
                     log.warning("heartbeat of trial %d: %s", trial.number, e)
-
-
-def beating(objective: Callable[[optuna.Trial], object]) -> Callable[[optuna.Trial], object]:
-    """`objective` for `study.optimize`, its trial beating while it runs (journal storage)."""
-
-    def run(trial: optuna.Trial) -> object:
-        with Heartbeat() as heartbeat:
-            heartbeat.add(trial)
-            return objective(trial)
-
-    return run
 
 
 def _is_stale(trial: FrozenTrial, now: float, grace: float, native: bool) -> bool:

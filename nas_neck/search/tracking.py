@@ -16,6 +16,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from nas_neck.metrics import finite
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -93,14 +95,16 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
+        values = ((k, finite(v)) for k, v in metrics.items())
+        batch = [Metric(k, v, now, step) for k, v in values if v is not None]
         for i in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[i : i + 500])
 
     def log_series(self, run_id: str, key: str, values: list[float]) -> None:
         """A per-epoch curve as one stepped metric."""
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(v), now, step) for step, v in enumerate(values) if _finite(v)]
+        steps = ((step, finite(v)) for step, v in enumerate(values))
+        batch = [Metric(key, v, now, step) for step, v in steps if v is not None]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
@@ -115,11 +119,3 @@ class Tracker:
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
-
-
-def _finite(v: Any) -> bool:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return False
-    return f == f and f not in (float("inf"), float("-inf"))

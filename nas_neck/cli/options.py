@@ -1,4 +1,5 @@
-"""Options shared by the commands that train candidates (train, search, worker)."""
+"""Options shared by several commands, typed once. Their defaults come from the modules that own
+them: `PROXY` (`nas_neck.config`) for the proxy task, `nas_neck.search` for storage and tracking."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from nas_neck.config import ProxyConfig, TrainConfig
+
+PROXY = ProxyConfig()  # the defaults of every proxy-task option
 
 Data = Annotated[
     Path | None,
@@ -31,44 +36,46 @@ BackboneWeights = Annotated[
     ),
 ]
 Epochs = Annotated[
-    int | None, typer.Option(help="Training epochs per candidate (default: the quick budget).")
+    int | None,
+    typer.Option(
+        help=f"Training epochs per candidate (default: the quick budget, {PROXY.train.epochs})."
+    ),
 ]
-BatchSize = Annotated[int | None, typer.Option(help="Training batch size.")]
+BatchSize = Annotated[
+    int | None, typer.Option(help=f"Training batch size (default {PROXY.train.batch_size}).")
+]
 Seed = Annotated[int, typer.Option(help="Seed of training (and of the sampler in a search).")]
 Threads = Annotated[
     int | None,
     typer.Option(
-        help="CPU threads for latency measurement (default 1: comparable across machines and workers)."
+        help=f"CPU threads for latency measurement (default {PROXY.latency_threads}: comparable across machines and workers)."
     ),
 ]
 CacheDir = Annotated[
     Path | None,
     typer.Option(help="Feature cache folder (default: $NAS_NECK_CACHE or ./.nas-neck-cache)."),
 ]
+Storage = Annotated[str, typer.Option(help="Optuna storage URL, or journal:PATH for many workers.")]
+TrackingUri = Annotated[str, typer.Option(help="MLflow tracking URI (a server URL on a cluster).")]
 
 
 def proxy_config(
-    data,
-    val_data,
-    images,
-    input_size,
-    backbone,
-    backbone_weights,
-    epochs,
-    batch_size,
-    seed,
-    threads,
-    cache_dir,
-):
-    """Build the `ProxyConfig` from the shared options (unset ones keep their defaults)."""
-    from nas_neck.detect.trainer import TrainConfig
-    from nas_neck.proxy import ProxyConfig
-
-    train = {
-        k: v
-        for k, v in {"epochs": epochs, "batch_size": batch_size, "seed": seed}.items()
-        if v is not None
-    }
+    *,
+    data: Path | None,
+    val_data: Path | None,
+    images: Path | None,
+    input_size: int,
+    backbone: str,
+    backbone_weights: str,
+    epochs: int | None,
+    batch_size: int | None,
+    seed: int,
+    threads: int | None,
+    cache_dir: Path | None,
+) -> ProxyConfig:
+    """The `ProxyConfig` of the shared options; unset ones keep the config's defaults."""
+    given = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
+    train = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     return ProxyConfig(
         data=data,
         val_data=val_data,
@@ -77,6 +84,6 @@ def proxy_config(
         backbone=backbone,
         backbone_weights=backbone_weights,
         cache_root=cache_dir,
-        train=TrainConfig(**train),
+        train=train,
         **({"latency_threads": threads} if threads is not None else {}),
     )

@@ -10,9 +10,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nas_neck import cli_options as opt
-from nas_neck.console import console, friendly
+from nas_neck.cli import options as opt
+from nas_neck.cli.console import console, friendly
 from nas_neck.errors import NasNeckError
+from nas_neck.search.study import DEFAULT_STORAGE
 
 
 @friendly
@@ -21,9 +22,7 @@ def export(
     study: str | None = typer.Option(
         None, help="Study to export a trial of (pick it with --trial, --knee or --max-latency-ms)."
     ),
-    storage: str = typer.Option(
-        "sqlite:///nas.db", help="Optuna storage URL of --study, or journal:PATH."
-    ),
+    storage: opt.Storage = DEFAULT_STORAGE,
     trial: int | None = typer.Option(None, help="Export this trial number of --study."),
     knee: bool = typer.Option(
         False, "--knee", help="Export the knee of the study's mAP-vs-latency front."
@@ -34,8 +33,9 @@ def export(
     checkpoint: Path | None = typer.Option(
         None, help="Checkpoint of a hand-trained neck (`nas-neck train` writes checkpoint.pt)."
     ),
-    arch: Path | None = typer.Option(
-        None, help="Architecture YAML of --checkpoint; checked against the one it holds."
+    arch: str | None = typer.Option(
+        None,
+        help="Architecture of --checkpoint (a YAML file or a shipped name); checked against the one it holds.",
     ),
     fuse: bool = typer.Option(
         False, "--fuse", help="Fold BatchNorm into the convs and re-parameterize RepConv blocks."
@@ -64,7 +64,7 @@ def export(
     data: opt.Data = None,
     val_data: opt.ValData = None,
     images: opt.Images = None,
-    backbone_weights: opt.BackboneWeights = "auto",
+    backbone_weights: opt.BackboneWeights = opt.PROXY.backbone_weights,
     cache_dir: opt.CacheDir = None,
 ) -> None:
     """Export a neck as standalone PyTorch source, weights, genotype and README (and ONNX)."""
@@ -78,7 +78,7 @@ def export(
         "--images": images,
         "--cache-dir": cache_dir,
     }
-    if backbone_weights != "auto":
+    if backbone_weights != opt.PROXY.backbone_weights:
         training["--backbone-weights"] = backbone_weights
     if unfreeze_after is not None:
         training["--unfreeze-after"] = str(unfreeze_after)
@@ -165,10 +165,10 @@ def _retrain(
     CPU), its checkpoint meta and the tuned backbone's weights (None when it stayed frozen)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from nas_neck.backbone import DEFAULT_BACKBONE
-    from nas_neck.detect.trainer import TrainConfig, load_checkpoint
+    from nas_neck.config import DEFAULT_BACKBONE, ProxyConfig, TrainConfig
+    from nas_neck.detect.trainer import load_checkpoint
     from nas_neck.export.finetune import finetune
-    from nas_neck.proxy import ProxyConfig, ProxyTask
+    from nas_neck.proxy import ProxyTask
 
     config = ProxyConfig(
         **sources,

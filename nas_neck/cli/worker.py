@@ -1,22 +1,15 @@
-"""`nas-neck worker` (join a stored study from any machine) and the Ray Tune backend of
-`nas-neck search --backend ray`; `worker` is registered on the app in `nas_neck.cli`."""
+"""`nas-neck worker`: join a stored study from any machine and run its trials."""
 
 from __future__ import annotations
 
-import logging
 import signal
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import optuna
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nas_neck.console import console, friendly
-
-if TYPE_CHECKING:
-    from nas_neck.proxy import ProxyConfig
-    from nas_neck.search.runner import SearchSettings
+from nas_neck.cli.console import console, friendly
 
 
 @friendly
@@ -56,50 +49,6 @@ def worker(
     console.print(
         f"worker ran {len(ran)} trial(s); study [bold]{study}[/] has {finished_count(study_)} of {target} finished"
     )
-
-
-def ray_search(
-    settings: SearchSettings,
-    proxy_config: ProxyConfig,
-    ray_address: str | None,
-    cpus_per_trial: int,
-    gpus_per_trial: float,
-    max_concurrent: int | None,
-) -> optuna.Study:
-    """`nas-neck search --backend ray`: the search as Ray Tune trials, with a progress bar;
-    exits 130 on Ctrl-C (the study keeps every finished trial; rerunning resumes)."""
-    from nas_neck.search.ray_backend import run_ray_search
-    from nas_neck.search.study import finished_count
-
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # the progress bar says enough
-    where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray instance"
-    console.print(
-        f"running trials on {where}: {cpus_per_trial} CPU(s), {gpus_per_trial:g} GPU(s) each"
-    )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("trials", total=settings.trials)
-        try:
-            return run_ray_search(
-                settings,
-                proxy_config,
-                ray_address,
-                cpus_per_trial,
-                gpus_per_trial,
-                max_concurrent,
-                on_trial_end=lambda study: progress.update(task, completed=finished_count(study)),
-            )
-        except KeyboardInterrupt:
-            progress.stop()
-            console.print(
-                "[yellow]interrupted[/]: finished trials are saved; rerun the same command to resume."
-            )
-            raise typer.Exit(130) from None
 
 
 def _trial_line(trial: optuna.trial.FrozenTrial, names: list[str]) -> str:

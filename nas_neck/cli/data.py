@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from nas_neck.console import console, friendly
+from nas_neck.cli.console import console, friendly
 from nas_neck.data.agar import convert_agar
 from nas_neck.data.coco import CheckReport, check_coco
 from nas_neck.data.synth import (

@@ -1,0 +1,35 @@
+"""The `nas-neck` command line: one module per command group, each a thin layer over the library
+(commands print; the library logs). Heavy imports wait inside the commands that need them."""
+
+from __future__ import annotations
+
+import typer
+
+from nas_neck.cli import data, export, pareto, search, show, spaces, train, worker
+from nas_neck.cli.console import setup_logging
+
+app = typer.Typer(
+    name="nas-neck",
+    help="Search detection-neck architectures (FPN / PAN / BiFPN / NAS-FPN) for small, dense objects.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    """nas-neck command line."""
+    setup_logging(verbose)
+
+
+app.add_typer(data.app, name="data", help="Synthetic plates, dataset checks, AGAR conversion.")
+app.command()(spaces.spaces)
+app.command()(show.show)
+app.command()(train.train)
+app.command()(search.search)
+app.command()(worker.worker)
+app.command()(pareto.pareto)
+app.command()(export.export)
+
+__all__ = ["app"]

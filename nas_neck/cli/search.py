@@ -1,0 +1,160 @@
+"""`nas-neck search`: the multi-objective search, in this process or as Ray Tune trials."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+import typer
+
+from nas_neck.cli import options as opt
+from nas_neck.cli.console import console, friendly
+from nas_neck.config import ProxyConfig
+from nas_neck.dsl import load_space
+from nas_neck.errors import NasNeckError
+from nas_neck.metrics import ACCURACY_METRICS, COST_METRICS
+from nas_neck.search.settings import SearchSettings
+from nas_neck.search.study import SAMPLERS
+
+_S = SearchSettings()  # the defaults of every search option
+
+
+@friendly
+def search(
+    space: str = typer.Option(
+        str(_S.space),
+        help="Search space: a YAML file or a shipped name (nas-neck spaces lists them).",
+    ),
+    trials: int = typer.Option(
+        _S.trials, help="Trials to finish (baselines included); rerunning resumes."
+    ),
+    objectives: str = typer.Option(
+        f"{_S.accuracy},{_S.cost}",
+        help=f"ACCURACY,COST: {'|'.join(ACCURACY_METRICS)} and {'|'.join(COST_METRICS)}.",
+    ),
+    max_latency_ms: float | None = typer.Option(
+        None, help="Latency budget of the neck: slower candidates are infeasible, never trained."
+    ),
+    sampler: str = typer.Option(_S.sampler, help=" | ".join(SAMPLERS) + "."),
+    study: str | None = typer.Option(None, help="Study name (default: the space's name)."),
+    storage: opt.Storage = _S.storage,
+    tracking_uri: opt.TrackingUri = _S.tracking_uri,
+    baselines: str = typer.Option(
+        ",".join(_S.baselines),
+        help="Shipped fixed architectures evaluated with the same budget ('' for none).",
+    ),
+    out: Path = typer.Option(_S.out_dir, help="Folder for checkpoints and plots."),
+    data: opt.Data = None,
+    val_data: opt.ValData = None,
+    images: opt.Images = None,
+    input_size: opt.InputSize = opt.PROXY.input_size,
+    backbone: opt.Backbone = opt.PROXY.backbone,
+    backbone_weights: opt.BackboneWeights = opt.PROXY.backbone_weights,
+    epochs: opt.Epochs = None,
+    batch_size: opt.BatchSize = None,
+    seed: opt.Seed = opt.PROXY.train.seed,
+    threads: opt.Threads = None,
+    cache_dir: opt.CacheDir = None,
+    backend: str = typer.Option(
+        "local", help="local (this process) or ray (Ray Tune trials on a Ray cluster)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, help="Ray cluster to join (auto | HOST:PORT); default: start a local Ray instance."
+    ),
+    cpus_per_trial: int = typer.Option(
+        1, help="With --backend ray: CPUs (and torch threads) per trial."
+    ),
+    gpus_per_trial: float = typer.Option(
+        0.0, help="With --backend ray: GPUs per trial (fractions share a GPU)."
+    ),
+    max_concurrent: int | None = typer.Option(
+        None, help="With --backend ray: trials at once (default: what the cluster fits)."
+    ),
+) -> None:
+    """Multi-objective neck search (accuracy vs cost) with Optuna, tracked in MLflow; locally or on Ray."""
+    from nas_neck.cli.pareto import front_table
+    from nas_neck.proxy import ProxyTask
+    from nas_neck.search.progress import SearchProgress
+    from nas_neck.search.runner import run_search
+
+    acc, _, cost = objectives.partition(",")
+    settings = SearchSettings(
+        space=space,
+        study=study,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        trials=trials,
+        accuracy=acc.strip(),
+        cost=cost.strip(),
+        max_latency_ms=max_latency_ms,
+        sampler=sampler,
+        seed=seed,
+        baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+        out_dir=out,
+    )
+    _ = settings.objectives  # validates --objectives before the (slow) data set-up
+    load_space(space)
+    config = opt.proxy_config(
+        data=data,
+        val_data=val_data,
+        images=images,
+        input_size=input_size,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        threads=threads,
+        cache_dir=cache_dir,
+    )
+    if backend not in ("local", "ray"):
+        raise NasNeckError(f"--backend: expected local or ray, got {backend!r}")
+    try:
+        if backend == "ray":
+            study_ = _ray_search(
+                settings, config, ray_address, cpus_per_trial, gpus_per_trial, max_concurrent
+            )
+        else:
+            proxy = ProxyTask(config)
+            with SearchProgress(console, settings.trials, config.train.epochs) as progress:
+                study_ = run_search(settings, proxy, progress.hooks, progress.on_trial_end)
+    except KeyboardInterrupt:  # the progress display has stopped (its `with` ended)
+        console.print(
+            "[yellow]interrupted[/]: finished trials are saved; rerun the same command to resume."
+        )
+        raise typer.Exit(130) from None
+    console.print(front_table(study_))
+    console.print(
+        f"study [bold]{study_.study_name}[/] in {storage}; MLflow: mlflow ui --backend-store-uri {tracking_uri}"
+    )
+
+
+def _ray_search(
+    settings: SearchSettings,
+    proxy_config: ProxyConfig,
+    ray_address: str | None,
+    cpus_per_trial: int,
+    gpus_per_trial: float,
+    max_concurrent: int | None,
+) -> optuna.Study:
+    """`--backend ray`: the search as Ray Tune trials, with a progress bar (Ctrl-C propagates:
+    the study keeps every finished trial; rerunning resumes)."""
+    from nas_neck.search.progress import SearchProgress
+    from nas_neck.search.ray_backend import run_ray_search
+
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # the progress bar says enough
+    where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray instance"
+    console.print(
+        f"running trials on {where}: {cpus_per_trial} CPU(s), {gpus_per_trial:g} GPU(s) each"
+    )
+    with SearchProgress(console, settings.trials) as progress:
+        return run_ray_search(
+            settings,
+            proxy_config,
+            ray_address,
+            cpus_per_trial,
+            gpus_per_trial,
+            max_concurrent,
+            on_trial_end=progress.count,
+        )

@@ -1,0 +1,182 @@
+"""`nas-neck show`: an architecture (nodes, params, FLOPs), a space (its parameters or samples),
+or one trial of a study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from nas_neck.cli import options as opt
+from nas_neck.cli.console import console, friendly
+from nas_neck.config import DEFAULT_BACKBONE
+from nas_neck.dsl import Architecture, load_space
+from nas_neck.errors import NasNeckError
+from nas_neck.metrics import ACCURACY_METRICS, COST_COLUMNS, finite
+from nas_neck.search.study import DEFAULT_STORAGE, load_existing_study
+
+
+@friendly
+def show(
+    space: str | None = typer.Argument(
+        None, help="A search space or architecture: a YAML file or a shipped name (e.g. fpn)."
+    ),
+    input_size: int = typer.Option(512, help="Square input size for FLOPs."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, help="timm backbone giving the input channels."),
+    sample: int = typer.Option(0, help="Sample this many architectures from the space."),
+    seed: int = typer.Option(0, help="Seed of the first sample (sample i uses seed + i)."),
+    study: str | None = typer.Option(None, help="Show a trial of this study instead of a file."),
+    trial: int | None = typer.Option(None, help="Trial number (with --study)."),
+    storage: opt.Storage = DEFAULT_STORAGE,
+    plot: Path | None = typer.Option(None, help="Write the architecture diagram (PNG) here."),
+) -> None:
+    """Show an architecture (nodes, params, FLOPs) or a space (its parameters, or --sample K);
+    with --study/--trial, a searched trial's architecture."""
+    if study is not None:
+        if trial is None:
+            raise NasNeckError("--study needs --trial N")
+        _show_trial(study, storage, trial, plot)
+        return
+    if space is None:
+        raise NasNeckError(
+            "give a space or architecture (a file or a shipped name), or --study NAME --trial N"
+        )
+    loaded = load_space(space)
+    channels = _backbone_channels(backbone, loaded.inputs)
+    if loaded.is_fixed and not sample:
+        arch = loaded.sample()
+        console.print(_node_table(arch))
+        params, flops = _cost(arch, channels, input_size)
+        if plot is not None:
+            from nas_neck.archplot import plot_architecture
+
+            console.print(f"diagram: {plot_architecture(arch, plot)}")
+        console.print(
+            f"hash [bold]{arch.hash}[/]  params {params / 1e6:.3f} M  "
+            f"FLOPs {flops / 1e9:.3f} G at {input_size}x{input_size} (2 FLOPs per multiply-add)  "
+            f"backbone {backbone} channels {channels}"
+        )
+        return
+    if not sample:
+        table = Table(title=f"{loaded.name}: {len(loaded.parameters())} searchable parameters")
+        table.add_column("parameter")
+        table.add_column("domain")
+        for p in loaded.parameters():
+            table.add_row(p.name, p.domain.describe())
+        console.print(table)
+        console.print("Use [bold]--sample K[/] to draw K architectures.")
+        return
+    table = Table(title=f"{sample} samples of {loaded.name} (seeds {seed}..{seed + sample - 1})")
+    for col in ("seed", "hash", "params (M)", f"GFLOPs @{input_size}", "architecture"):
+        table.add_column(col, justify="right" if col[0] in "pG" else "left")
+    for i in range(sample):
+        arch = loaded.random(seed + i)
+        params, flops = _cost(arch, channels, input_size)
+        table.add_row(
+            str(seed + i), arch.hash, f"{params / 1e6:.3f}", f"{flops / 1e9:.3f}", arch.short()
+        )
+    console.print(table)
+
+
+def _backbone_channels(name: str, levels: tuple[int, ...]) -> list[int]:
+    """Channels of a timm backbone's maps at `levels` (random weights: only shapes are needed)."""
+    import logging
+
+    from nas_neck.backbone import FrozenBackbone
+
+    quiet = logging.getLogger("nas_neck.backbone")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        return FrozenBackbone(name, levels=levels, weights="random").channels
+    finally:
+        quiet.setLevel(level)
+
+
+def _node_table(arch: Architecture) -> Table:
+    pruned = {n.name for n in arch.pruned().nodes}
+    title = f"{arch.name}: inputs {'/'.join(f'P{x}' for x in arch.inputs)}"
+    if arch.extra_levels:
+        title += (
+            f" + extra {'/'.join(f'P{x}' for x in arch.extra_levels)} ({arch.extra_downsample})"
+        )
+    if arch.repeat > 1:
+        title += f", cell x{arch.repeat}"
+    table = Table(title=title)
+    for col in ("node", "level", "inputs", "fuse", "block", "depth", "width", "output"):
+        table.add_column(col)
+    for n in arch.nodes:
+        ins = []
+        for r in n.inputs:
+            d = arch.level_of(r) - n.level
+            ins.append(r + ("↑" * d if d > 0 else "↓" * -d))
+        name = n.name if n.name in pruned else f"[dim]{n.name} (unused)[/]"
+        table.add_row(
+            name,
+            f"P{n.level}",
+            ", ".join(ins),
+            n.fuse,
+            n.block,
+            str(n.depth),
+            str(n.width),
+            "yes" if n.output else "",
+        )
+    return table
+
+
+def _cost(arch: Architecture, channels: list[int], size: int) -> tuple[int, int]:
+    from nas_neck.measure import count_flops, count_params, feature_inputs
+    from nas_neck.neck import GraphNeck
+
+    neck = GraphNeck(arch, channels)
+    inputs = feature_inputs(channels, [2**lvl for lvl in arch.inputs], size)
+    return count_params(neck), count_flops(neck, (inputs,))
+
+
+def _show_trial(study: str, storage: str, trial: int, plot_path: Path | None = None) -> None:
+    """Print a trial's architecture and metrics, and draw the architecture to `plot_path` (PNG)."""
+    from nas_neck.archplot import plot_architecture
+    from nas_neck.dsl import SearchSpace
+
+    loaded = load_existing_study(study, storage)
+    trials = loaded.get_trials(deepcopy=False)
+    found = [t for t in trials if t.number == trial]
+    if not found:
+        raise NasNeckError(
+            f"study {study!r} has no trial {trial}; its trials are 0..{len(trials) - 1}"
+            if trials
+            else f"study {study!r} has no trials"
+        )
+    t = found[0]
+    if "arch" not in t.user_attrs:
+        raise NasNeckError(
+            f"trial {trial} of study {study!r} ({t.state.name.lower()}) records no architecture"
+        )
+    arch = SearchSpace.from_dict(t.user_attrs["arch"], source=f"{study}#{trial}").sample()
+    a = t.user_attrs
+    what = f"baseline {a['baseline']}" if a.get("baseline") else "searched"
+    console.print(
+        f"trial [bold]{trial}[/] of {study} ({t.state.name.lower()}, {what}"
+        f"{', repeats trial ' + str(a['duplicate_of']) if 'duplicate_of' in a else ''})"
+    )
+    console.print(arch.summary(), markup=False, highlight=False)
+    metrics = [
+        f"{k} {v:.4f}"
+        for k in (*ACCURACY_METRICS, "count_mae")
+        if (v := finite(a.get(k))) is not None
+    ]
+    costs = [
+        f"{label} {v:{fmt}}"
+        for k, label, fmt in COST_COLUMNS
+        if (v := finite(a.get(k))) is not None
+    ]
+    for line in (
+        " · ".join(metrics),
+        " · ".join(costs),
+        a.get("fail_reason") and f"failed: {a['fail_reason']}",
+        a.get("checkpoint") and f"checkpoint: {a['checkpoint']}",
+    ):
+        if line:
+            console.print(line, markup=False, highlight=False)
+    if plot_path is not None:
+        console.print(f"wrote {plot_architecture(arch, plot_path)}")

@@ -1,0 +1,213 @@
+"""An open search, shared by every launcher (local runner, `nas-neck worker`, Ray Tune).
+
+`prepare_study` opens or resumes the study and its MLflow parent run, queues the baselines and
+stores in the study what other processes need to join it (`join_study`). A `Session` then runs
+trials until N count (`slots` is the one run-until-N loop), and `Session.finish` writes the
+report at the end: front trials tagged in MLflow, the Pareto plots written and logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from nas_neck.config import ProxyConfig
+from nas_neck.dsl import find_space
+from nas_neck.errors import NasNeckError
+from nas_neck.pareto import ParetoReport, log_to_mlflow, write_report
+from nas_neck.search.objective import Objective
+from nas_neck.search.settings import SearchSettings, check_baselines, parent_params, shared
+from nas_neck.search.study import (
+    Heartbeat,
+    claimed_count,
+    counted,
+    fail_stale_trials,
+    finished_count,
+    is_journal,
+    load_existing_study,
+    open_study,
+)
+from nas_neck.search.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+TrialEnd = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+TrialFunc = Callable[[optuna.Trial], tuple[float, float]]
+_WAIT_POLL_S = 2.0  # while the last trials run in other processes
+
+
+@dataclass(frozen=True)
+class Session:
+    """A study being searched, with its MLflow tracker and parent run."""
+
+    settings: SearchSettings
+    study: optuna.Study
+    tracker: Tracker
+    parent: str  # MLflow parent run id
+
+    @property
+    def native(self) -> bool:
+        """Whether the storage runs Optuna's own heartbeat (RDB; not journal files)."""
+        return not is_journal(self.settings.storage)
+
+    def slots(self, target: int, rounds: int, wait: bool = True) -> Iterator[int]:
+        """The run-until-N loop: yields how many trials to start next, until `target` trials
+        count or `rounds` rounds ran; stale trials are failed (and re-queued) before each look.
+
+        Trials running in other processes count as claimed: with `wait`, sleep until they finish
+        (the search writes the report after them); else stop (a worker leaves them to others).
+        """
+        done = 0
+        while done < rounds:
+            fail_stale_trials(self.study, self.native)
+            if finished_count(self.study) >= target:
+                return
+            todo = target - claimed_count(self.study)
+            if todo <= 0:
+                if not wait:
+                    return
+                time.sleep(_WAIT_POLL_S)
+                continue
+            done += 1
+            yield todo
+
+    def optimize(
+        self,
+        func: TrialFunc,
+        target: int,
+        wait: bool = True,
+        on_trial_end: TrialEnd | None = None,
+    ) -> None:
+        """Run `func` one trial at a time until `target` trials count (at most 3 x `target`
+        attempts: trials that fail without a reason run again)."""
+        for _ in self.slots(target, 3 * target, wait):
+            try:
+                self.study.optimize(
+                    func,
+                    n_trials=1,
+                    catch=(Exception,),
+                    callbacks=[on_trial_end] if on_trial_end else None,
+                )
+            except UpdateFinishedTrialError as e:  # failed as stale meanwhile (a long stall)
+                log.warning("this process's trial was failed by another process: %s", e)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """On Ctrl-C, mark the parent run KILLED (a rerun resumes it) and re-raise."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.tracker.end(self.parent, "KILLED")
+            raise
+
+    def finish(self, target: int | None = None) -> ParetoReport | None:
+        """Tag front trials in MLflow, record the front on the parent run, write and log the
+        plots; end the parent run once `target` (default: the settings' N) trials count. Returns
+        the report (None without a front, e.g. when every trial failed)."""
+        study, tracker, parent = self.study, self.tracker, self.parent
+        tracker.log_metrics(parent, {"trials_finished": finished_count(study)})
+        report: ParetoReport | None = None
+        try:
+            report = write_report(
+                study,
+                self.settings.out_dir / study.study_name,
+                max_latency_ms=self.settings.max_latency_ms,
+            )
+        except NasNeckError as e:
+            log.warning("no Pareto front: %s", e)
+        else:
+            front = set(report.front)
+            for t in study.get_trials(deepcopy=False):
+                run = t.user_attrs.get("mlflow_run_id")
+                if run and counted(t):
+                    tracker.set_tags(run, {"pareto": str(t.number in front).lower()})
+            tracker.set_tags(parent, {"pareto_trials": ",".join(map(str, sorted(front)))})
+            tracker.log_metrics(parent, {"front_size": len(front)})
+            log_to_mlflow(study, report, tracker.uri)
+            log.info("Pareto plots: %s, %s", report.png, report.html)
+        if finished_count(study) >= (self.settings.trials if target is None else target):
+            tracker.end(parent)
+        return report
+
+
+def prepare_study(settings: SearchSettings, proxy_config: ProxyConfig) -> Session:
+    """Open or resume the study and its MLflow parent run, queue the baselines, and store what a
+    worker needs to join (user attrs `settings`, `proxy`, with absolute paths)."""
+    check_baselines(settings.baselines)
+    study = open_study(
+        settings.study_name, settings.storage, settings.objectives, settings.sampler, settings.seed
+    )
+    study.set_user_attr("space", str(settings.space))
+    shared_settings, shared_proxy = shared(settings, proxy_config)
+    study.set_user_attr("settings", shared_settings.model_dump(mode="json"))
+    study.set_user_attr("proxy", shared_proxy.model_dump(mode="json"))
+    tracker = Tracker(settings.tracking_uri, study.study_name)
+    parent = tracker.parent_run(parent_params(settings, proxy_config))
+    study.set_user_attr("mlflow_parent_run_id", parent)
+    space = find_space(settings.space)  # a file, or a shipped space: `space/<its file name>`
+    tracker.log_text(parent, space.read_text(), f"space/{space.name}")
+    _enqueue_baselines(study, settings.baselines)
+    return Session(settings, study, tracker, parent)
+
+
+def join_study(
+    study_name: str, storage: str, tracking_uri: str | None = None, seed: int = 0
+) -> tuple[Session, ProxyConfig]:
+    """Join a study `nas-neck search` prepared: its settings and proxy config as stored there, the
+    study opened with its sampler seeded by `seed`, MLflow at `tracking_uri` (default: the
+    study's)."""
+    attrs = load_existing_study(study_name, storage).user_attrs
+    if "settings" not in attrs or "proxy" not in attrs:
+        raise NasNeckError(
+            f"study {study_name!r} in {storage} holds no search settings: create it with "
+            f"`nas-neck search --study {study_name} --storage {storage} ...` first"
+        )
+    settings = SearchSettings(**attrs["settings"])
+    study = open_study(study_name, storage, settings.objectives, settings.sampler, seed)
+    tracker = Tracker(tracking_uri or settings.tracking_uri, study_name)
+    session = Session(settings, study, tracker, attrs["mlflow_parent_run_id"])
+    return session, ProxyConfig(**attrs["proxy"])
+
+
+def trial_function(objective: Objective, beat: bool, worker: str | None = None) -> TrialFunc:
+    """`objective` for `study.optimize`: its trial records the process that ran it (user attr
+    `worker`, when given) and, with `beat` (storage without a heartbeat of its own), beats while
+    it runs."""
+
+    def run(trial: optuna.Trial) -> tuple[float, float]:
+        if worker is not None:
+            trial.set_user_attr("worker", worker)
+        if not beat:
+            return objective(trial)
+        with Heartbeat() as heartbeat:
+            heartbeat.add(trial)
+            return objective(trial)
+
+    return run
+
+
+def process_name() -> str:
+    """`host:pid` of this process, as the `worker` user attr records it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _enqueue_baselines(study: optuna.Study, names: list[str]) -> None:
+    """Queue each baseline once per study: resuming queues again only one that was interrupted
+    (failed without a reason), not one that finished, runs, or waits."""
+    have = {
+        t.user_attrs.get("baseline")
+        for t in study.get_trials(deepcopy=False)
+        if counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
+    }
+    for name in names:
+        if name not in have:
+            study.enqueue_trial({}, user_attrs={"baseline": name})

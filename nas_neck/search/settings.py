@@ -1,0 +1,136 @@
+"""What a search is asked to do (`SearchSettings`), and copies of it that other processes can use.
+
+The settings travel: `nas-neck search` stores them in the study for workers, and the Ray backend
+ships them to its trials, so `shared` makes every local path absolute (and the space a reference
+any process resolves: an absolute file path, or a shipped space's name).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nas_neck.dsl import load_space, shipped_names, space_ref
+from nas_neck.errors import NasNeckError
+from nas_neck.search.study import DEFAULT_STORAGE, Objectives, is_journal
+from nas_neck.search.tracking import DEFAULT_TRACKING_URI
+
+if TYPE_CHECKING:
+    from nas_neck.config import ProxyConfig
+
+
+DEFAULT_SPACE = "pafpn-family"
+
+
+class SearchSettings(BaseModel):
+    """Everything `nas-neck search` takes (the proxy's settings live in `nas_neck.proxy`).
+
+    `space` is a YAML file or a shipped space's name (`nas-neck spaces` lists them); `baselines`
+    name shipped fixed architectures evaluated first with the same budget.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    space: str | Path = DEFAULT_SPACE
+    study: str | None = None
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    trials: int = Field(8, ge=1)
+    accuracy: str = "map"
+    cost: str = "latency"
+    max_latency_ms: float | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+    baselines: list[str] = ["fpn", "pafpn", "bifpn"]
+    out_dir: Path = Path("runs")
+
+    @property
+    def objectives(self) -> Objectives:
+        return Objectives.parse(f"{self.accuracy},{self.cost}")
+
+    @property
+    def study_name(self) -> str:
+        """`study`, else the space's own name."""
+        return self.study or load_space(self.space).name
+
+
+def baseline_names() -> list[str]:
+    """The shipped spaces that are fixed architectures: what `--baselines` may name."""
+    return [name for name in shipped_names() if load_space(name).is_fixed]
+
+
+def check_baselines(names: list[str]) -> None:
+    """Refuse a baseline that is not a shipped fixed architecture, naming those that are."""
+    known = baseline_names()
+    for name in names:
+        if name not in known:
+            raise NasNeckError(
+                f"--baselines: unknown baseline {name!r}; expected some of {', '.join(known)}"
+            )
+
+
+def parent_params(settings: SearchSettings, proxy_config: ProxyConfig) -> dict[str, object]:
+    """The MLflow parent run's params: the search settings, the proxy's as `proxy.*`, and its
+    training recipe as `train.*`."""
+    p = proxy_config.model_dump(mode="json")
+    train = p.pop("train")
+    return {
+        "space": str(settings.space),
+        "trials": settings.trials,
+        "sampler": settings.sampler,
+        "seed": settings.seed,
+        "objectives": ",".join(settings.objectives.names),
+        "max_latency_ms": settings.max_latency_ms,
+        "baselines": ",".join(settings.baselines),
+        **{f"proxy.{k}": v for k, v in p.items()},
+        **{f"train.{k}": v for k, v in train.items()},
+    }
+
+
+def shared(
+    settings: SearchSettings, proxy_config: ProxyConfig
+) -> tuple[SearchSettings, ProxyConfig]:
+    """Copies that other processes can use: every local path absolute (space file, outputs,
+    SQLite/journal files, data, cache; the built-in synthetic data resolved to its folder), the
+    study named, a shipped space left as its name."""
+    from nas_neck.data.cache import default_cache_root
+    from nas_neck.data.synth import ensure_default_dataset
+
+    data = proxy_config.data if proxy_config.data is not None else ensure_default_dataset().root
+    proxy_config = proxy_config.model_copy(
+        update={
+            "data": _absolute(data),
+            "val_data": _absolute(proxy_config.val_data),
+            "images": _absolute(proxy_config.images),
+            "cache_root": _absolute(proxy_config.cache_root or default_cache_root()),
+        }
+    )
+    settings = settings.model_copy(
+        update={
+            "space": space_ref(settings.space),
+            "out_dir": _absolute(settings.out_dir),
+            "study": settings.study_name,
+            "storage": _absolute_url(settings.storage),
+            "tracking_uri": _absolute_url(settings.tracking_uri),
+        }
+    )
+    return settings, proxy_config
+
+
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else Path(path).expanduser().resolve()
+
+
+def _absolute_url(url: str) -> str:
+    """`sqlite:///rel.db` and `journal:rel` made absolute; other URLs unchanged."""
+    if (
+        url.startswith("sqlite:///")
+        and not url.startswith("sqlite:////")
+        and url != "sqlite:///:memory:"
+    ):
+        return f"sqlite:///{Path(url.removeprefix('sqlite:///')).resolve()}"
+    if is_journal(url):
+        return f"journal:{Path(url.removeprefix('journal:')).resolve()}"
+    return url
