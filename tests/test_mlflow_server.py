@@ -1,14 +1,10 @@
 """A search logging to a real `mlflow server` process on loopback."""
 
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
-import requests
+import servers
 from search_fixtures import tiny_proxy
 
 from nas_neck.search.runner import run_search
@@ -18,52 +14,12 @@ SPACES = Path(__file__).parents[1] / "search_spaces"
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{url}/health", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None, "mlflow server exited"
-            time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not come up")
+    with servers.mlflow_server(
+        f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", tmp_path
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_search_tracks_to_mlflow_server(tmp_path, mlflow_server):

@@ -199,4 +199,9 @@ def test_sigkill_mid_trial_then_resume(root):
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states
     assert states == [TrialState.FAIL, TrialState.COMPLETE]  # failed as stale, retried once
-    assert study.trials[1].system_attrs["failed_trial"] == study.trials[0].number
+    killed, retry = study.trials
+    assert killed.user_attrs["fail_reason"] == "stale: worker died"
+    assert retry.user_attrs["retry_of"] == killed.number
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(retry.user_attrs["mlflow_run_id"]).info.status == "FINISHED"

@@ -40,8 +40,8 @@ def test_stale_trial_is_failed_and_queued_again_once(tmp_path, monkeypatch):
     alive = study.ask()
     alive.set_user_attr("heartbeat", time.time())
 
-    assert fail_stale_trials(study, native=False) == [dead.number]
-    assert fail_stale_trials(study, native=False) == []  # once only
+    assert fail_stale_trials(study) == [dead.number]
+    assert fail_stale_trials(study) == []  # once only
     failed = study.trials[dead.number]
     assert (
         failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "stale: worker died"
@@ -54,21 +54,29 @@ def test_stale_trial_is_failed_and_queued_again_once(tmp_path, monkeypatch):
         retry.user_attrs["retry_of"] == dead.number and retry.suggest_int("width", 16, 128) == width
     )
     retry.set_user_attr("heartbeat", time.time() - 60)
-    assert fail_stale_trials(study, native=False) == [retry.number]
+    assert fail_stale_trials(study) == [retry.number]
     again = study.trials[retry.number]
     assert again.user_attrs["fail_reason"] == "stale: worker died twice" and counted(again)
     assert not study.get_trials(states=(TrialState.WAITING,))  # not queued a third time
 
 
-def test_trial_without_heartbeat_is_left_to_optunas_own(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_trial_without_heartbeat_is_judged_by_its_start_on_every_storage(
+    tmp_path, monkeypatch, kind
+):
     monkeypatch.setenv("NAS_NECK_GRACE_S", "0")
-    study = open_study("s", f"journal:{tmp_path}/s.journal", Objectives())
+    url = f"journal:{tmp_path}/s.journal" if kind == "journal" else f"sqlite:///{tmp_path}/s.db"
+    study = open_study("s", url, Objectives())
     trial = study.ask()
     time.sleep(0.01)
-    assert fail_stale_trials(study, native=True) == []  # an RDB storage's heartbeat watches it
-    assert fail_stale_trials(study, native=False) == [
-        trial.number
-    ]  # journal: its start time counts
+    ended = []
+    assert fail_stale_trials(study, on_fail=ended.append) == [trial.number]
+    failed = study.trials[trial.number]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"] == "stale: worker died"  # on SQLite too
+    assert [t.number for t in ended] == [trial.number]  # the caller ends its MLflow run
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.user_attrs["retry_of"] == trial.number
 
 
 def test_heartbeat_stamps_until_the_trial_ends(tmp_path):
@@ -93,14 +101,22 @@ def root(tmp_path_factory):
     return root
 
 
-def _study(root: Path, name: str, trials: int, epochs: int) -> tuple[str, str]:
-    storage = f"journal:{root}/{name}.journal"
+def _study(
+    root: Path,
+    name: str,
+    trials: int,
+    epochs: int,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+) -> tuple[str, str]:
+    """A study prepared as `nas-neck search` does (journal file and local MLflow by default)."""
+    storage = storage or f"journal:{root}/{name}.journal"
     settings = SearchSettings(
         space=SPACES / "light.yaml",
         study=name,
         storage=storage,
         trials=trials,
-        tracking_uri=f"sqlite:///{root}/mlflow.db",
+        tracking_uri=tracking_uri or f"sqlite:///{root}/mlflow.db",
         sampler="random",
         baselines=[],
         out_dir=root / "runs",

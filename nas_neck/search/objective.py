@@ -63,7 +63,6 @@ class Objective:
     max_latency_ms: float | None = None
     out_dir: Path = Path("runs")
     hooks: Hooks = field(default_factory=Hooks)
-    native_heartbeat: bool = True  # False on journal storage (see `fail_stale_trials`)
 
     @classmethod
     def for_search(
@@ -74,7 +73,6 @@ class Objective:
         tracker: Tracker,
         parent_run_id: str,
         hooks: Hooks | None = None,
-        native_heartbeat: bool = True,
     ) -> Objective:
         """The objective every launcher (local, worker, Ray trial) runs for a search's settings."""
         return cls(
@@ -86,7 +84,6 @@ class Objective:
             settings.max_latency_ms,
             settings.out_dir,
             hooks or Hooks(),
-            native_heartbeat=native_heartbeat,
         )
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
@@ -193,7 +190,7 @@ class Objective:
             if not ahead:
                 return None
             time.sleep(_DUPLICATE_POLL_S)
-            fail_stale_trials(trial.study, self.native_heartbeat)
+            fail_stale_trials(trial.study, self.tracker.end_stale)
 
     def _reuse(
         self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, run_id: str

@@ -93,7 +93,6 @@ def run_ray_search(
                 "space": SearchSpace.load(settings.space),
                 "parent": session.parent,
                 "threads": cpus_per_trial,
-                "native": session.native,
             }
             # One `Tuner.fit()` a round, of the trials still to claim (at most 3 rounds: trials
             # that fail without a reason run again); the session waits for trials of workers.
@@ -158,7 +157,7 @@ def _tune(
         mode=["max", "min"],
         sampler=sampler,
         study_name=study.study_name,
-        storage=make_storage(settings.storage, heartbeat=False),
+        storage=make_storage(settings.storage),
     )
     callbacks = [_TrialEnd(lambda: on_trial_end(study))] if on_trial_end else []
     tuner = tune.Tuner(
@@ -224,6 +223,19 @@ def _connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
+        # ray.init retries an address where nothing listens for minutes: probe HOST:PORT first.
+        host, sep, port = address.removeprefix("ray://").rpartition(":")
+        if sep and port.isdigit():
+            import socket
+
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+            except OSError as e:
+                why = "no answer within 10 s" if isinstance(e, TimeoutError) else e.strerror or e
+                raise NasNeckError(
+                    f"--ray-address: cannot reach a Ray cluster at {host}:{port} ({why}); "
+                    "is `ray start --head` running there?"
+                ) from None
         try:
             ray.init(address=address)
         except (ConnectionError, AuthenticationError) as e:
@@ -311,7 +323,6 @@ def _trainable(config: dict[str, Any], job: dict[str, Any]) -> None:
         _proxy(job["proxy"]),
         tracker,
         job["parent"],
-        native_heartbeat=job["native"],
     )
     names = settings.objectives.names
     try:

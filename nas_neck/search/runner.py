@@ -26,14 +26,12 @@ def run_search(
     """
     space = SearchSpace.load(settings.space)
     session = prepare_study(settings, proxy.config)
-    objective = Objective.for_search(
-        settings, space, proxy, session.tracker, session.parent, hooks, session.native
-    )
+    objective = Objective.for_search(settings, space, proxy, session.tracker, session.parent, hooks)
     # A resumed study starts where it stopped.
     objective.hooks.search_start(finished_count(session.study))
     with session.interruptible():
         session.optimize(
-            trial_function(objective, beat=not session.native),
+            trial_function(objective),
             settings.trials,
             on_trial_end=on_trial_end,
         )

@@ -32,7 +32,6 @@ from nas_neck.search.study import (
     counted,
     fail_stale_trials,
     finished_count,
-    is_journal,
     load_existing_study,
     open_study,
 )
@@ -54,11 +53,6 @@ class Session:
     tracker: Tracker
     parent: str  # MLflow parent run id
 
-    @property
-    def native(self) -> bool:
-        """Whether the storage runs Optuna's own heartbeat (RDB; not journal files)."""
-        return not is_journal(self.settings.storage)
-
     def slots(self, target: int, rounds: int, wait: bool = True) -> Iterator[int]:
         """The run-until-N loop: yields how many trials to start next, until `target` trials
         count or `rounds` rounds ran; stale trials are failed (and re-queued) before each look.
@@ -68,7 +62,7 @@ class Session:
         """
         done = 0
         while done < rounds:
-            fail_stale_trials(self.study, self.native)
+            fail_stale_trials(self.study, self.tracker.end_stale)
             if finished_count(self.study) >= target:
                 return
             todo = target - claimed_count(self.study)
@@ -178,16 +172,14 @@ def join_study(
     return session, ProxyConfig(**attrs["proxy"])
 
 
-def trial_function(objective: Objective, beat: bool, worker: str | None = None) -> TrialFunc:
-    """`objective` for `study.optimize`: its trial records the process that ran it (user attr
-    `worker`, when given) and, with `beat` (storage without a heartbeat of its own), beats while
-    it runs."""
+def trial_function(objective: Objective, worker: str | None = None) -> TrialFunc:
+    """`objective` for `study.optimize`: its trial beats while it runs (so any process can tell
+    when it died, see `fail_stale_trials`) and records the process that ran it (user attr
+    `worker`, when given)."""
 
     def run(trial: optuna.Trial) -> tuple[float, float]:
         if worker is not None:
             trial.set_user_attr("worker", worker)
-        if not beat:
-            return objective(trial)
         with Heartbeat() as heartbeat:
             heartbeat.add(trial)
             return objective(trial)

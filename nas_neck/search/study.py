@@ -1,26 +1,31 @@
 """The Optuna side of a search: storage, sampler, objectives and the study itself.
 
 Storage URLs: `sqlite:///nas.db` (the default; one writer process), `postgresql://...` (many
-workers), or a journal file `journal:PATH` / `PATH.journal` (many workers on a shared disk).
-RDB storages run Optuna's heartbeat, so a trial whose process was killed (SIGKILL) is failed after
-the grace period and re-queued once with the same parameters. Journal storage has no heartbeat, and
-Ray trials run outside `study.optimize`: for those a `Heartbeat` thread stamps a `heartbeat` user
-attr and `fail_stale_trials` does the same job from any process.
+workers; the `cluster` extra installs its driver), or a journal file `journal:PATH` /
+`PATH.journal` (many workers on a shared disk). Stale trials are handled the same way on every
+storage: a `Heartbeat` thread stamps a `heartbeat` user attr on each running trial, and
+`fail_stale_trials`, from any process, fails a trial whose process died (no beat for the grace
+period) with its reason, and queues it once more with the same parameters (`retry_of`).
+Optuna's own RDB heartbeat is not used: it fails trials without a reason and retries them
+without saying what they retry.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -69,13 +74,20 @@ class Objectives:
 
 
 def is_journal(url: str) -> bool:
-    """Whether `url` names a journal file (no heartbeat of Optuna's own, see `Heartbeat`)."""
+    """Whether `url` names a journal file rather than a database URL."""
     return url.startswith("journal:") or url.endswith((".journal", ".log"))
 
 
-def make_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the storage behind `url`; `heartbeat=False` for an RDB storage
-    that asks trials outside `study.optimize` (the Ray driver, which beats with `Heartbeat`)."""
+# Drivers SQLAlchemy loads for each database, and how to install them.
+_DRIVERS = {
+    "postgresql": "the PostgreSQL driver psycopg: pip install 'nas-neck[cluster]'",
+    "mysql": "a MySQL driver: pip install pymysql (and use mysql+pymysql://)",
+}
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage behind `url`; a missing driver, an unreachable
+    server or a locked database file is one `NasNeckError` naming `--storage`."""
     if is_journal(url):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,19 +97,47 @@ def make_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
             f"--storage: expected a database URL (sqlite:///nas.db, postgresql://...) "
             f"or a journal file (journal:PATH), got {url!r}"
         )
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    if not heartbeat:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
-    interval, grace = _heartbeat()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=interval,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+    try:
+        return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except ImportError:
+        dialect = url.split("://", 1)[0].split("+", 1)[0]
+        need = _DRIVERS.get(dialect, f"the SQLAlchemy driver for {dialect!r}")
+        raise NasNeckError(
+            f"--storage {_redact(url)}: the database driver is missing; install {need}"
+        ) from None
+    except sqlalchemy.exc.OperationalError as e:
+        raise storage_error(url, e) from None
+
+
+def storage_error(url: str, error: Exception) -> NasNeckError:
+    """`error` from the database behind `url` as one line naming `--storage`."""
+    first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    if "locked" in first:
+        waited = _db_timeout_s()
+        return NasNeckError(
+            f"--storage {_redact(url)}: the database is locked by another process "
+            f"(waited {waited:g} s); SQLite takes one writer at a time: use journal:PATH or "
+            "PostgreSQL for many processes"
         )
+    return NasNeckError(f"--storage {_redact(url)}: cannot use the database ({first})")
+
+
+def _engine_kwargs(url: str) -> dict[str, object]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": _db_timeout_s()}}
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+def _db_timeout_s() -> float:
+    """How long SQLite waits for another writer's lock (env NAS_NECK_DB_TIMEOUT_S, default 60)."""
+    return float(os.environ.get("NAS_NECK_DB_TIMEOUT_S", 60))
+
+
+def _redact(url: str) -> str:
+    """`url` without its password."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -117,18 +157,21 @@ def open_study(
     name: str, storage: str, objectives: Objectives, sampler: str = "tpe", seed: int = 0
 ) -> optuna.Study:
     """Create the study, or load it to resume; refuses to resume with other objectives."""
-    study = optuna.create_study(
-        study_name=name,
-        storage=make_storage(storage),
-        sampler=make_sampler(sampler, seed),
-        directions=objectives.directions,
-        load_if_exists=True,
-    )
-    if study.metric_names is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(objectives.names)
-    elif list(study.metric_names) != objectives.names:
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=make_storage(storage),
+            sampler=make_sampler(sampler, seed),
+            directions=objectives.directions,
+            load_if_exists=True,
+        )
+        if study.metric_names is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(objectives.names)
+    except sqlalchemy.exc.OperationalError as e:
+        raise storage_error(storage, e) from None
+    if list(study.metric_names) != objectives.names:
         raise NasNeckError(
             f"study {name!r} in {storage} optimizes {study.metric_names}, not {objectives.names}; "
             "use another --study name or the same --objectives"
@@ -205,30 +248,30 @@ class Heartbeat:
                     log.warning("heartbeat of trial %d: %s", trial.number, e)
 
 
-def _is_stale(trial: FrozenTrial, now: float, grace: float, native: bool) -> bool:
+def _is_stale(trial: FrozenTrial, now: float, grace: float) -> bool:
+    """No heartbeat (or, before the first one, no start) for over `grace` seconds."""
     beat = trial.user_attrs.get(HEARTBEAT_ATTR)
     if beat is None:
-        if native or trial.datetime_start is None:  # Optuna's own heartbeat watches it
+        if trial.datetime_start is None:
             return False
         beat = trial.datetime_start.timestamp()
     return now - beat > grace
 
 
-def fail_stale_trials(study: optuna.Study, native: bool) -> list[int]:
+def fail_stale_trials(
+    study: optuna.Study, on_fail: Callable[[FrozenTrial], None] | None = None
+) -> list[int]:
     """Fail RUNNING trials whose process died (no heartbeat for the grace period) and queue each
     once more with the same parameters; returns the numbers failed here.
 
-    `native`: the storage runs Optuna's heartbeat (RDB), which this also applies; trials without a
-    `heartbeat` user attr are then left to it. A failed trial keeps `fail_reason` "stale: worker
-    died" and, when re-queued, `retried` (so only its retry counts); the retry has `retry_of`.
-    Safe to call from many processes: only the one whose FAIL lands first re-queues.
+    A failed trial keeps `fail_reason` "stale: worker died" and, when re-queued, `retried` (so
+    only its retry counts); the retry has `retry_of`. `on_fail` gets each trial failed here (the
+    search ends its MLflow run as KILLED). Safe to call from many processes: only the one whose
+    FAIL lands first re-queues.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
     grace, now, failed = _heartbeat()[1], time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _is_stale(t, now, grace, native):
+        if not _is_stale(t, now, grace):
             continue
         retry = "retry_of" not in t.user_attrs
         trial = optuna.trial.Trial(study, t._trial_id)
@@ -248,6 +291,8 @@ def fail_stale_trials(study: optuna.Study, native: bool) -> list[int]:
             grace,
             " and queued again" if retry else "",
         )
+        if on_fail is not None:
+            on_fail(study.trials[t.number])
         failed.append(t.number)
     return failed
 
@@ -262,8 +307,7 @@ def load_existing_study(name: str, storage: str) -> optuna.Study:
         raise NasNeckError(
             f"--storage: no such file {file} (run `nas-neck search` first, or pass --storage)"
         )
-    # Reading needs none of the heartbeat and retry machinery `make_storage` sets up for workers.
-    backend = optuna.storages.RDBStorage(storage) if "://" in storage else make_storage(storage)
+    backend = make_storage(storage)
     names = optuna.get_all_study_names(backend)
     if name not in names:
         raise NasNeckError(

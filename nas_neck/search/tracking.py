@@ -8,14 +8,19 @@ same code logs from the search process, from worker processes and from Ray tasks
 from __future__ import annotations
 
 import logging
+import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from optuna.trial import FrozenTrial
 
+from nas_neck.errors import NasNeckError
 from nas_neck.metrics import finite
 
 log = logging.getLogger(__name__)
@@ -119,3 +124,59 @@ class Tracker:
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def end_stale(self, trial: FrozenTrial) -> None:
+        """End the MLflow run of a trial failed as stale (its process died) as KILLED."""
+        run = trial.user_attrs.get("mlflow_run_id")
+        if run:
+            self.set_tags(run, {"fail_reason": trial.user_attrs.get("fail_reason", "stale")})
+            self.end(run, "KILLED")
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Refuse, within about `timeout` seconds, a tracking URI MLflow could not use (its client
+    retries an unreachable server for minutes): an http(s) server that does not answer
+    `GET <uri>/health`, or a SQLite database / file store whose folder is missing or read-only.
+    Other schemes (databricks, SQL servers) are left to MLflow."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+                return
+        except urllib.error.HTTPError:  # it answered: a server is there (auth, a path prefix)
+            return
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, TimeoutError):
+                why = f"no answer within {timeout:g} s"
+            else:
+                why = str(getattr(reason, "strerror", None) or reason)
+            raise NasNeckError(
+                f"--tracking-uri: cannot reach the MLflow server at {uri} ({why}); "
+                "is `mlflow server` running there?"
+            ) from None
+    if uri.startswith("sqlite:"):
+        path = uri.removeprefix("sqlite:").removeprefix("///")
+        if path in ("", ":memory:") or path.startswith("/:memory:"):
+            return
+        _writable_folder(uri, Path(path).parent, create=False)
+    elif uri.startswith("file:") or "://" not in uri:
+        path = uri.removeprefix("file://").removeprefix("file:")
+        _writable_folder(uri, Path(path), create=True)
+
+
+def _writable_folder(uri: str, folder: Path, create: bool) -> None:
+    """The folder of a local store exists (with `create`: its nearest existing parent, where
+    MLflow makes the rest) and is writable."""
+    folder = folder.expanduser().absolute()
+    while create and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        why = f"{folder} is not a folder" if folder.exists() else f"no folder {folder}"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        why = f"{folder} is not writable"
+    else:
+        return
+    raise NasNeckError(
+        f"--tracking-uri: expected a local store in an existing, writable folder, got {uri!r} "
+        f"({why})"
+    )

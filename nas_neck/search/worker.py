@@ -51,7 +51,6 @@ def run_worker(
         session.tracker,
         session.parent,
         hooks,
-        session.native,
     )
     name = process_name()
     log.info(
@@ -61,7 +60,7 @@ def run_worker(
         seed,
         target,
     )
-    run = trial_function(objective, beat=not session.native, worker=name)
+    run = trial_function(objective, worker=name)
     session.optimize(run, target, wait=False, on_trial_end=on_trial_end)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if finished_count(study) >= target and not running:

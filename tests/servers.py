@@ -1,4 +1,5 @@
-"""A real PostgreSQL server for integration tests: Debian's binaries, a throwaway cluster.
+"""Real servers for integration tests: PostgreSQL (Debian's binaries, a throwaway cluster) and
+`mlflow server` processes on loopback.
 
 `initdb` and `postgres` refuse to run as root, so as root the cluster belongs to the `postgres`
 system user (Debian's package creates it); otherwise to the current user. The server listens on a
@@ -8,16 +9,19 @@ session. `.ci/run` installs the package on a fresh machine; without it the tests
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 _BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
@@ -85,3 +89,31 @@ def postgres_db(postgres_server: str, request: pytest.FixtureRequest) -> str:
     with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{postgres_server}/{name}"
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_store_uri: str, artifacts: Path, cwd: Path) -> Iterator[str]:
+    """A running `mlflow server` on a free loopback port; yields its URL."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts)]
+    log = open(cwd / f"mlflow-server-{port}.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([*cmd, "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if requests.get(f"{url}/health", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(cwd / log.name).read_text()[-2000:]}")
+            time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not come up")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
