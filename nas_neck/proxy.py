@@ -152,6 +152,8 @@ class ProxyTask:
         return metrics
 
     def save(self, outcome: Outcome, path: Path) -> Path:
+        """Write `outcome` as a checkpoint at `path`, atomically (`save_checkpoint`): a full disk
+        is a `WriteError` naming the file, which a search records as the trial's fail_reason."""
         return save_checkpoint(
             path,
             outcome.model,

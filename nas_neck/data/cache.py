@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import zipfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nas_neck.errors import DataError
+from nas_neck.errors import OUT_OF_SPACE, DataError, WriteError, describe_os_error, os_error_of
 
 __all__ = ["VIEWS", "FeatureCache", "default_cache_root"]
 
@@ -109,7 +110,10 @@ class FeatureCache:
         if len(dataset) == 0:
             raise DataError(f"{getattr(dataset, 'ann_file', 'dataset')}: no images to cache")
         root = Path(root) if root is not None else default_cache_root()
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _write_error(root, e) from None
         fingerprints = {"dataset": dataset.fingerprint(), "backbone": backbone.fingerprint()}
         name = Path(getattr(dataset, "ann_file", "dataset")).stem
         paths = []
@@ -195,7 +199,11 @@ def _key(fingerprints: dict[str, str], size: int, view: int) -> str:
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock on `path` across processes (released if the holder dies)."""
-    with open(path, "a") as fh:
+    try:
+        fh = open(path, "a")  # noqa: SIM115 (closed by the with below)
+    except OSError as e:
+        raise _write_error(path.parent, e) from None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -226,7 +234,7 @@ def _is_valid(path: Path, key: str, warn: bool = False) -> bool:
                 raise ValueError(f"{file.name} has the wrong size")
         if len(_load_targets(path)[2]) != meta["n_images"] + 1:
             raise ValueError("targets do not match the images")
-    except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         if warn:
             log.warning("feature cache %s is incomplete or corrupt (%s): rebuilding it", path, e)
         return False
@@ -297,13 +305,20 @@ def _build_view(
     batch_size: int,
     progress: bool,
 ) -> None:
-    """Compute one view into a temporary folder next to `path`, then rename it into place."""
+    """Compute one view into a temporary folder next to `path`, then rename it into place.
+
+    On any failure the temporary folder is removed, so nothing half-written is ever taken for a
+    cache; a full disk is a `WriteError` saying how much space the cache needs.
+    """
     root = path.parent
     for stale in root.glob(f".{path.name}.*"):  # left by a builder that died; we hold the lock
         shutil.rmtree(stale, ignore_errors=True)
     if path.exists():
         shutil.rmtree(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=root))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=root))
+    except OSError as e:
+        raise _write_error(root, e) from None
     tmp.chmod(
         0o755
     )  # mkdtemp makes it private; the cache is shared by every process on the machine
@@ -320,6 +335,7 @@ def _build_view(
         transient=True,
         disable=not (progress and console.is_terminal),  # no stray lines in logs and pipes
     )
+    need: int | None = None  # bytes, known once the first batch gives the feature shapes
     try:
         maps: list[np.ndarray] = []
         boxes, labels, offsets = [], [], [0]
@@ -335,12 +351,12 @@ def _build_view(
                 if len(batch) == batch_size or i == n - 1:
                     feats = backbone(torch.stack(batch).to(device))
                     if not maps:
-                        maps = [
-                            np.lib.format.open_memmap(
-                                tmp / f"level{lv}.npy", "w+", np.float16, (n, *f.shape[1:])
-                            )
-                            for lv, f in zip(backbone.levels, feats, strict=True)
-                        ]
+                        shapes = [(n, *f.shape[1:]) for f in feats]
+                        need = _estimate_bytes(shapes, n)
+                        for lv, shape in zip(backbone.levels, shapes, strict=True):
+                            file = tmp / f"level{lv}.npy"
+                            maps.append(np.lib.format.open_memmap(file, "w+", np.float16, shape))
+                            _reserve(file)
                     for mm, f in zip(maps, feats, strict=True):
                         mm[i + 1 - len(batch) : i + 1] = (
                             f.clamp(-_FP16_MAX, _FP16_MAX).half().cpu().numpy()
@@ -373,6 +389,57 @@ def _build_view(
         del maps
         (tmp / "COMPLETE").write_text(key)
         os.rename(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        error = os_error_of(e)
+        if error is None or error.errno not in OUT_OF_SPACE:
+            raise
+        raise _write_error(root, error, need, path.name) from None
+
+
+def _estimate_bytes(shapes: Sequence[tuple[int, ...]], n: int) -> int:
+    """Rough size of one cache folder: fp16 level files plus targets (a guess of 64 boxes each)."""
+    return sum(2 * int(np.prod(s)) + 128 for s in shapes) + n * 64 * 24 + 4096
+
+
+def _reserve(file: Path) -> None:
+    """Allocate the memory-mapped `file` on disk now: a full disk is then an `OSError` here, not
+    a SIGBUS that kills the process when a page of the map is written later."""
+    allocate = getattr(os, "posix_fallocate", None)  # not on macOS
+    if allocate is None:
+        return
+    with open(file, "r+b") as fh:
+        try:
+            allocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as e:
+            if e.errno in OUT_OF_SPACE:
+                raise
+            log.debug("cannot preallocate %s (%s); writing it sparse", file, e)
+
+
+def _write_error(
+    root: Path, error: OSError, need: int | None = None, name: str | None = None
+) -> WriteError:
+    """One line naming the cache folder, what went wrong and, for a full disk, the space needed."""
+    where = f" while writing {name}" if name else ""
+    message = f"feature cache in {root}: {describe_os_error(error)}{where}"
+    if error.errno in OUT_OF_SPACE:
+        if need is not None:
+            try:
+                free = f", {_human(shutil.disk_usage(root).free)} free"
+            except OSError:
+                free = ""
+            message += f"; this view of the cache needs about {_human(need)} there{free}"
+        message += "; free some space or point --cache-dir (or $NAS_NECK_CACHE) at a bigger disk"
+    else:
+        message += "; point --cache-dir (or $NAS_NECK_CACHE) at a writable folder"
+    return WriteError(message)
+
+
+def _human(n: float) -> str:
+    """Bytes as ``12.3 MB`` (decimal units, like `df -H`)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -7,8 +7,11 @@ non-finite loss stops the run at once with a clear reason instead of wasting the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from nas_neck.config import TrainConfig
@@ -24,7 +28,14 @@ from nas_neck.detect.head import DetectionHead, HeadOutput
 from nas_neck.detect.loss import DetectionLoss
 from nas_neck.device import autocast_context
 from nas_neck.dsl import Architecture, SearchSpace
-from nas_neck.errors import NasNeckError
+from nas_neck.errors import (
+    OUT_OF_SPACE,
+    CheckpointError,
+    NasNeckError,
+    WriteError,
+    describe_os_error,
+    os_error_of,
+)
 from nas_neck.neck import GraphNeck
 
 log = logging.getLogger(__name__)
@@ -160,34 +171,116 @@ def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+_CHECKPOINT_KEYS = ("arch", "in_channels", "num_classes", "config", "state_dict", "meta")
+
+
 def save_checkpoint(
     path: str | Path, model: Detector, arch: Architecture, meta: dict[str, Any]
 ) -> Path:
-    """Neck + head weights with everything needed to rebuild them (`load_checkpoint`)."""
+    """Neck + head weights with everything needed to rebuild them (`load_checkpoint`).
+
+    Written to a temporary file beside `path` and renamed into place, so a full disk or a crash
+    never leaves a partial checkpoint at `path` (an older one there stays intact); a failed write
+    is a `WriteError` naming the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "arch": arch.to_dict(),
-            "in_channels": model.neck.in_channels,
-            "num_classes": model.head.num_classes,
-            "config": meta.get("config", {}),
-            "state_dict": model.state_dict(),
-            "meta": meta,
-        },
-        path,
-    )
+    payload = {
+        "arch": arch.to_dict(),
+        "in_channels": model.neck.in_channels,
+        "num_classes": model.head.num_classes,
+        "config": meta.get("config", {}),
+        "state_dict": model.state_dict(),
+        "meta": meta,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if (error := os_error_of(e)) is None:
+            raise
+        hint = "; free some space and run again" if error.errno in OUT_OF_SPACE else ""
+        raise WriteError(
+            f"{path}: cannot save the checkpoint: {describe_os_error(error)}{hint}"
+        ) from None
     return path
 
 
 def load_checkpoint(path: str | Path) -> tuple[Detector, Architecture, dict[str, Any]]:
-    """Rebuild the `Detector` saved by `save_checkpoint`; returns it, its architecture and meta."""
+    """Rebuild the `Detector` saved by `save_checkpoint`; returns it, its architecture and meta.
+
+    A missing, truncated or foreign file, or one whose weights do not fit its architecture, is a
+    `CheckpointError` naming the file and what is wrong.
+    """
+    path = Path(path)
+    ckpt = _read_checkpoint(path)
     try:
-        ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as e:
-        raise NasNeckError(f"{path}: cannot read the checkpoint ({e})") from None
-    arch = SearchSpace.from_dict(ckpt["arch"], source=str(path)).sample()
-    config = TrainConfig(**ckpt["config"])
-    model = Detector(arch, ckpt["in_channels"], ckpt["num_classes"], config)
-    model.load_state_dict(ckpt["state_dict"])
+        arch = SearchSpace.from_dict(ckpt["arch"], source=str(path)).sample()
+        config = TrainConfig(**ckpt["config"])
+        model = Detector(arch, ckpt["in_channels"], ckpt["num_classes"], config)
+        loaded = model.load_state_dict(ckpt["state_dict"], strict=False)  # shapes still checked
+    except NasNeckError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the model from the checkpoint ({_first_line(e)}); "
+            "the file is damaged or from another version"
+        ) from None
+    missing, unexpected = loaded.missing_keys, loaded.unexpected_keys
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: its weights do not fit its architecture ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]}); "
+            "the file is damaged or from another version"
+        )
     return model.eval(), arch, ckpt["meta"]
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The dict `save_checkpoint` wrote to `path`, with all its keys (else a `CheckpointError`)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except PermissionError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({_first_line(e)})") from None
+    except Exception as e:  # unpickling arbitrary bytes can raise almost anything
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint, the file is truncated, damaged or not a torch "
+            f"file ({_first_line(e)})"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(
+            f"{path}: not a nas-neck checkpoint (it holds a {type(ckpt).__name__}, not the dict "
+            "`nas-neck train` and the search write)"
+        )
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a nas-neck checkpoint (no {', '.join(missing)} in it; "
+            "a bare state_dict or another tool's file?)"
+        )
+    return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    """`e` as one short line: its type and the first sentence of its first informative line."""
+    if isinstance(e, ValidationError):  # its text spans lines; name the first bad field instead
+        first = e.errors()[0]
+        text = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    else:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+            lines = lines[1:]  # the useful part (e.g. a size mismatch) comes next
+        text = lines[0] if lines else ""
+        if (stop := text.find(". ")) > 0:
+            text = text[: stop + 1]
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
