@@ -8,6 +8,7 @@ worker processes read them (and their defaults) without loading torch.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +32,9 @@ class TrainConfig(BaseModel):
     score_thresh: float = 0.05
     count_thresh: float = 0.35
     max_det: int = 300
+    # Training and evaluation arithmetic: fp32, bf16 autocast, or auto (bf16 where the CPU has it
+    # natively, AMP on CUDA, fp32 otherwise); see `nas_neck.device.resolve_precision`.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
 
 class ProxyConfig(BaseModel):
@@ -49,4 +53,6 @@ class ProxyConfig(BaseModel):
     latency_threads: int = Field(1, ge=1)  # batch-1, 1-thread CPU latency: comparable across hosts
     latency_runs: int = Field(100, ge=10)
     latency_warmup: int = Field(3, ge=1)
+    latency_target: Literal["torch", "onnxruntime"] = "torch"  # what runs the timed module
+    latency_scope: Literal["neck", "detector"] = "neck"  # detector: neck + the fixed head
     train: TrainConfig = TrainConfig()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from nas_neck.cli import checks
 from nas_neck.cli.console import console, friendly
 from nas_neck.data.agar import convert_agar
 from nas_neck.data.coco import CheckReport, check_coco
@@ -27,6 +29,11 @@ app = typer.Typer(
 )
 
 _ANNOTATION_NAMES = ("annotations.json", "train.json", "val.json")
+VAL_FRACTION = checks.Range(low=0, high=1, high_open=True, integer=False)  # convert_agar's [0, 1)
+
+
+def _folder(option: str, value: Path) -> None:
+    checks.existing(option, value, "folder")
 
 
 @app.command()
@@ -35,12 +42,16 @@ def synth(
     out: Path = typer.Option(
         Path("data/synthetic-colonies"), help="Output folder (reused if already drawn)."
     ),
-    train: int = typer.Option(DEFAULT_TRAIN, help="Training plates."),
-    val: int = typer.Option(DEFAULT_VAL, help="Validation plates."),
-    size: int = typer.Option(
-        DEFAULT_SIZE, help="Image side in pixels (colony sizes scale with it)."
+    train: Annotated[int, checks.at_least(1)] = typer.Option(
+        DEFAULT_TRAIN, help="Training plates."
     ),
-    seed: int = typer.Option(DEFAULT_SEED, help="Seed: same seed, same bytes."),
+    val: Annotated[int, checks.at_least(0)] = typer.Option(DEFAULT_VAL, help="Validation plates."),
+    size: Annotated[int, checks.at_least(64)] = typer.Option(
+        DEFAULT_SIZE, help="Image side in pixels, at least 64 (colony sizes scale with it)."
+    ),
+    seed: Annotated[int, checks.SEED] = typer.Option(
+        DEFAULT_SEED, help="Seed: same seed, same bytes."
+    ),
 ) -> None:
     """Draw synthetic petri-dish photos with COCO box annotations."""
     start = time.perf_counter()
@@ -58,7 +69,7 @@ def check(
     path: Path = typer.Argument(
         ..., help="A COCO annotation file, or a folder with annotations/train/val.json."
     ),
-    images: Path | None = typer.Option(
+    images: Annotated[Path | None, checks.Rule(_folder)] = typer.Option(
         None, help="Image folder (default: next to the annotations, or images/)."
     ),
 ) -> None:
@@ -84,8 +95,10 @@ def check(
 def convert_agar_cmd(
     src: Path = typer.Argument(..., help="AGAR folder: <id>.jpg next to <id>.json."),
     out: Path = typer.Argument(..., help="Output folder for train.json, val.json and images/."),
-    val_fraction: float = typer.Option(0.2, help="Share of photos in the validation split."),
-    seed: int = typer.Option(0, help="Seed of the split."),
+    val_fraction: Annotated[float, VAL_FRACTION] = typer.Option(
+        0.2, help="Share of photos in the validation split."
+    ),
+    seed: Annotated[int, checks.SEED] = typer.Option(0, help="Seed of the split."),
     copy: bool = typer.Option(False, help="Copy the images instead of symlinking them."),
 ) -> None:
     """Convert the AGAR dataset (one JSON per photo) to COCO with a seeded train/val split."""

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
+from nas_neck.config import TrainConfig
 from nas_neck.errors import NasNeckError
 from nas_neck.search.study import DEFAULT_STORAGE
 
@@ -23,11 +25,13 @@ def export(
         None, help="Study to export a trial of (pick it with --trial, --knee or --max-latency-ms)."
     ),
     storage: opt.Storage = DEFAULT_STORAGE,
-    trial: int | None = typer.Option(None, help="Export this trial number of --study."),
+    trial: Annotated[int | None, checks.at_least(0)] = typer.Option(
+        None, help="Export this trial number of --study."
+    ),
     knee: bool = typer.Option(
         False, "--knee", help="Export the knee of the study's mAP-vs-latency front."
     ),
-    max_latency_ms: float | None = typer.Option(
+    max_latency_ms: Annotated[float | None, checks.POSITIVE] = typer.Option(
         None, help="Export the most accurate trial of --study whose neck latency is at most this."
     ),
     checkpoint: Path | None = typer.Option(
@@ -48,15 +52,13 @@ def export(
     torchscript: bool = typer.Option(
         False, "--torchscript", help="Also write a traced neck.torchscript.pt."
     ),
-    retrain_epochs: int | None = typer.Option(
+    retrain_epochs: Annotated[int | None, checks.like(TrainConfig, "epochs")] = typer.Option(
         None,
-        min=1,
         help="Retrain the chosen architecture from scratch for this many epochs (the checkpoint's "
         "recipe, backbone and input size) and export that; pass the search's --data.",
     ),
-    unfreeze_after: int | None = typer.Option(
+    unfreeze_after: Annotated[int | None, checks.at_least(0)] = typer.Option(
         None,
-        min=0,
         help="With --retrain-epochs: after this many epochs, fine-tune the backbone too, unfrozen "
         "stage by stage from the deepest at a 10x lower learning rate; exported as "
         "backbone.safetensors.",
@@ -85,6 +87,15 @@ def export(
     if retrain_epochs is None and any(training.values()):
         names = ", ".join(k for k, v in training.items() if v)
         raise NasNeckError(f"{names} only matter with --retrain-epochs")
+    if retrain_epochs is not None:
+        opt.check_data_paths(data, val_data, images)
+        if unfreeze_after is not None and unfreeze_after >= retrain_epochs:
+            raise checks.OptionError(
+                "--unfreeze-after",
+                f"an integer below --retrain-epochs ({retrain_epochs}), leaving epochs to tune "
+                "the backbone in",
+                unfreeze_after,
+            )
     if study is None and (trial is not None or knee or max_latency_ms is not None):
         raise NasNeckError(
             "--trial, --knee and --max-latency-ms pick a trial of --study; pass --study too"

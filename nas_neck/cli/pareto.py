@@ -5,15 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Annotated
 
 import optuna
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
-from nas_neck.metrics import ACCURACY_METRICS, COST_COLUMNS, COST_METRICS, COST_UNITS, finite
+from nas_neck.metrics import (
+    ACCURACY_METRICS,
+    COST_COLUMNS,
+    COST_METRICS,
+    COST_UNITS,
+    cost_of,
+    finite,
+)
 from nas_neck.pareto import REF_MARGIN, ParetoReport, log_to_mlflow, write_report
 from nas_neck.pareto.trials import gather, resolve_axes
 from nas_neck.search.study import DEFAULT_STORAGE, load_existing_study
@@ -23,10 +32,12 @@ from nas_neck.search.study import DEFAULT_STORAGE, load_existing_study
 def pareto(
     study: str = typer.Option(..., "--study", help="Study name."),
     storage: opt.Storage = DEFAULT_STORAGE,
-    x: str | None = typer.Option(
+    x: Annotated[
+        str | None, checks.OneOf(COST_METRICS, lambda v: cost_of(v.lower()) or v.lower())
+    ] = typer.Option(
         None, "--x", help=f"Cost axis: {' | '.join(COST_METRICS)} (default: the study's cost)."
     ),
-    y: str | None = typer.Option(
+    y: Annotated[str | None, checks.OneOf(ACCURACY_METRICS, str.lower)] = typer.Option(
         None,
         "--y",
         help=f"Accuracy axis: {' | '.join(ACCURACY_METRICS)} (default: the study's accuracy).",
@@ -36,7 +47,7 @@ def pareto(
         "--compare",
         help="Another study in the same storage, drawn in its own colour (repeat, or comma-separate).",
     ),
-    max_latency_ms: float | None = typer.Option(
+    max_latency_ms: Annotated[float | None, checks.POSITIVE] = typer.Option(
         None, help="Pick the most accurate trial at most this slow, and draw the budget."
     ),
     out: Path | None = typer.Option(None, help="Output folder (default: runs/<study>)."),
@@ -45,6 +56,10 @@ def pareto(
     ),
 ) -> None:
     """Pareto front of a study: table, hypervolume, knee and best-under-budget picks, PNG and HTML plots."""
+    if tracking_uri:
+        from nas_neck.search.tracking import check_reachable
+
+        check_reachable(tracking_uri)  # before the report, not after minutes of retries
     main = load_existing_study(study, storage)
     others = [load_existing_study(name, storage) for name in _names(compare) if name != study]
     report = write_report(main, out or Path("runs") / study, x, y, others, max_latency_ms)

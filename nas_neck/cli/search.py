@@ -4,43 +4,65 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import optuna
 import typer
 
+from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
 from nas_neck.config import ProxyConfig
 from nas_neck.dsl import load_space
 from nas_neck.errors import NasNeckError
 from nas_neck.metrics import ACCURACY_METRICS, COST_METRICS
-from nas_neck.search.settings import SearchSettings
-from nas_neck.search.study import SAMPLERS
+from nas_neck.search.probe import check_ray_address
+from nas_neck.search.settings import SearchSettings, baseline_names
+from nas_neck.search.study import SAMPLERS, Objectives
+from nas_neck.search.tracking import check_reachable
 
 _S = SearchSettings()  # the defaults of every search option
+BACKENDS = ("local", "ray")
+_RAY_ONLY = ("ray_address", "cpus_per_trial", "gpus_per_trial", "max_concurrent")
+
+
+def _objectives(option: str, value: str) -> None:
+    Objectives.parse(value)  # its error names --objectives
+
+
+def _baselines(option: str, value: str) -> None:
+    known = baseline_names()
+    for name in (b.strip() for b in value.split(",")):
+        if name and name not in known:
+            raise checks.OptionError(
+                option, f"some of {', '.join(known)} (comma-separated; '' for none)", name
+            )
 
 
 @friendly
 def search(
+    ctx: typer.Context,
     space: str = typer.Option(
         str(_S.space),
         help="Search space: a YAML file or a shipped name (nas-neck spaces lists them).",
     ),
-    trials: int = typer.Option(
+    trials: Annotated[int, checks.like(SearchSettings, "trials")] = typer.Option(
         _S.trials, help="Trials to finish (baselines included); rerunning resumes."
     ),
-    objectives: str = typer.Option(
+    objectives: Annotated[str, checks.Rule(_objectives)] = typer.Option(
         f"{_S.accuracy},{_S.cost}",
         help=f"ACCURACY,COST: {'|'.join(ACCURACY_METRICS)} and {'|'.join(COST_METRICS)}.",
     ),
-    max_latency_ms: float | None = typer.Option(
+    max_latency_ms: Annotated[float | None, checks.POSITIVE] = typer.Option(
         None, help="Latency budget of the neck: slower candidates are infeasible, never trained."
     ),
-    sampler: str = typer.Option(_S.sampler, help=" | ".join(SAMPLERS) + "."),
+    sampler: Annotated[str, checks.OneOf(SAMPLERS)] = typer.Option(
+        _S.sampler, help=" | ".join(SAMPLERS) + "."
+    ),
     study: str | None = typer.Option(None, help="Study name (default: the space's name)."),
     storage: opt.Storage = _S.storage,
     tracking_uri: opt.TrackingUri = _S.tracking_uri,
-    baselines: str = typer.Option(
+    baselines: Annotated[str, checks.Rule(_baselines)] = typer.Option(
         ",".join(_S.baselines),
         help="Shipped fixed architectures evaluated with the same budget ('' for none).",
     ),
@@ -56,19 +78,22 @@ def search(
     seed: opt.Seed = opt.PROXY.train.seed,
     threads: opt.Threads = None,
     cache_dir: opt.CacheDir = None,
-    backend: str = typer.Option(
+    precision: opt.Precision = opt.PROXY.train.precision,
+    latency_target: opt.LatencyTarget = opt.PROXY.latency_target,
+    latency_scope: opt.LatencyScope = opt.PROXY.latency_scope,
+    backend: Annotated[str, checks.OneOf(BACKENDS)] = typer.Option(
         "local", help="local (this process) or ray (Ray Tune trials on a Ray cluster)."
     ),
     ray_address: str | None = typer.Option(
         None, help="Ray cluster to join (auto | HOST:PORT); default: start a local Ray instance."
     ),
-    cpus_per_trial: int = typer.Option(
+    cpus_per_trial: Annotated[int, checks.at_least(1)] = typer.Option(
         1, help="With --backend ray: CPUs (and torch threads) per trial."
     ),
-    gpus_per_trial: float = typer.Option(
+    gpus_per_trial: Annotated[float, checks.NON_NEGATIVE] = typer.Option(
         0.0, help="With --backend ray: GPUs per trial (fractions share a GPU)."
     ),
-    max_concurrent: int | None = typer.Option(
+    max_concurrent: Annotated[int | None, checks.at_least(1)] = typer.Option(
         None, help="With --backend ray: trials at once (default: what the cluster fits)."
     ),
 ) -> None:
@@ -78,6 +103,10 @@ def search(
     from nas_neck.search.progress import SearchProgress
     from nas_neck.search.runner import run_search
 
+    given = [n for n in _RAY_ONLY if getattr(ctx.get_parameter_source(n), "name", "") != "DEFAULT"]
+    if backend != "ray" and given:
+        names = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise NasNeckError(f"{names} only matter with --backend ray")
     acc, _, cost = objectives.partition(",")
     settings = SearchSettings(
         space=space,
@@ -93,23 +122,12 @@ def search(
         baselines=[b.strip() for b in baselines.split(",") if b.strip()],
         out_dir=out,
     )
-    _ = settings.objectives  # validates --objectives before the (slow) data set-up
     load_space(space)
-    config = opt.proxy_config(
-        data=data,
-        val_data=val_data,
-        images=images,
-        input_size=input_size,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        threads=threads,
-        cache_dir=cache_dir,
-    )
-    if backend not in ("local", "ray"):
-        raise NasNeckError(f"--backend: expected local or ray, got {backend!r}")
+    config = opt.proxy_from(ctx.params)
+    # Before the (slow) data set-up: servers that do not answer would stall for minutes.
+    check_reachable(tracking_uri)
+    if backend == "ray":
+        check_ray_address(ray_address)
     try:
         if backend == "ray":
             study_ = _ray_search(

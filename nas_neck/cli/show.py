@@ -4,10 +4,12 @@ or one trial of a study."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
 from nas_neck.config import DEFAULT_BACKBONE
@@ -22,12 +24,22 @@ def show(
     space: str | None = typer.Argument(
         None, help="A search space or architecture: a YAML file or a shipped name (e.g. fpn)."
     ),
-    input_size: int = typer.Option(512, help="Square input size for FLOPs."),
-    backbone: str = typer.Option(DEFAULT_BACKBONE, help="timm backbone giving the input channels."),
-    sample: int = typer.Option(0, help="Sample this many architectures from the space."),
-    seed: int = typer.Option(0, help="Seed of the first sample (sample i uses seed + i)."),
+    input_size: Annotated[int, opt.INPUT_SIZE] = typer.Option(
+        512, help=f"Square input size for FLOPs ({opt.INPUT_SIZE.expected})."
+    ),
+    backbone: Annotated[str, checks.BACKBONE] = typer.Option(
+        DEFAULT_BACKBONE, help="timm backbone giving the input channels."
+    ),
+    sample: Annotated[int, checks.at_least(0)] = typer.Option(
+        0, help="Sample this many architectures from the space."
+    ),
+    seed: Annotated[int, checks.SEED] = typer.Option(
+        0, help="Seed of the first sample (sample i uses seed + i)."
+    ),
     study: str | None = typer.Option(None, help="Show a trial of this study instead of a file."),
-    trial: int | None = typer.Option(None, help="Trial number (with --study)."),
+    trial: Annotated[int | None, checks.at_least(0)] = typer.Option(
+        None, help="Trial number (with --study)."
+    ),
     storage: opt.Storage = DEFAULT_STORAGE,
     plot: Path | None = typer.Option(None, help="Write the architecture diagram (PNG) here."),
 ) -> None:

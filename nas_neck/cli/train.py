@@ -14,6 +14,7 @@ from nas_neck.dsl import load_architecture
 
 @friendly
 def train(
+    ctx: typer.Context,
     arch: str = typer.Option(
         ...,
         help="Architecture: a YAML file or a shipped name (e.g. pafpn; nas-neck spaces lists them).",
@@ -32,6 +33,9 @@ def train(
     seed: opt.Seed = opt.PROXY.train.seed,
     threads: opt.Threads = None,
     cache_dir: opt.CacheDir = None,
+    precision: opt.Precision = opt.PROXY.train.precision,
+    latency_target: opt.LatencyTarget = opt.PROXY.latency_target,
+    latency_scope: opt.LatencyScope = opt.PROXY.latency_scope,
 ) -> None:
     """Train one architecture with the proxy recipe; print metrics and latency."""
     import json
@@ -41,19 +45,7 @@ def train(
     from nas_neck.proxy import ProxyTask
 
     architecture = load_architecture(arch)
-    config = opt.proxy_config(
-        data=data,
-        val_data=val_data,
-        images=images,
-        input_size=input_size,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        threads=threads,
-        cache_dir=cache_dir,
-    )
+    config = opt.proxy_from(ctx.params)
     proxy = ProxyTask(config)
     proxy.caches(architecture.inputs)
     cost = proxy.cost(architecture)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import signal
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import optuna
 import typer
 from rich.markup import escape
 
+from nas_neck.cli import checks
 from nas_neck.cli.console import console, friendly
+from nas_neck.search.settings import SearchSettings
 
 
 @friendly
 def worker(
     study: str = typer.Option(..., help="Study to join, as `nas-neck search --study` named it."),
-    storage: str = typer.Option(
+    storage: Annotated[str, checks.STORAGE] = typer.Option(
         ..., help="Its storage: journal:PATH on a shared disk, or postgresql://..."
     ),
-    trials: int | None = typer.Option(
+    trials: Annotated[int | None, checks.like(SearchSettings, "trials")] = typer.Option(
         None, help="Trials to finish in total, across all workers (default: the study's --trials)."
     ),
     tracking_uri: str | None = typer.Option(
@@ -28,8 +30,15 @@ def worker(
 ) -> None:
     """Run trials of a search started by `nas-neck search`, until N are finished or running across
     all workers; start any number, on any machines that share the storage and paths."""
-    from nas_neck.search.study import finished_count
+    from nas_neck.search.study import finished_count, load_existing_study
+    from nas_neck.search.tracking import check_reachable
     from nas_neck.search.worker import run_worker
+
+    # Before the data and backbone load: a server that does not answer would stall for minutes.
+    stored = load_existing_study(study, storage).user_attrs.get("settings", {})
+    uri = tracking_uri or stored.get("tracking_uri")
+    if uri:
+        check_reachable(uri)
 
     signal.signal(signal.SIGTERM, _interrupt)  # a batch scheduler's SIGTERM ends the trial cleanly
     ran: list[int] = []

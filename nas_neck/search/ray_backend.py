@@ -40,6 +40,7 @@ from nas_neck.errors import NasNeckError
 from nas_neck.metrics import finite
 from nas_neck.proxy import ProxyTask
 from nas_neck.search.objective import Objective, trial_architecture
+from nas_neck.search.probe import check_ray_address
 from nas_neck.search.session import prepare_study
 from nas_neck.search.settings import SearchSettings, shared
 from nas_neck.search.study import Heartbeat, make_sampler, make_storage
@@ -223,19 +224,7 @@ def _connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        # ray.init retries an address where nothing listens for minutes: probe HOST:PORT first.
-        host, sep, port = address.removeprefix("ray://").rpartition(":")
-        if sep and port.isdigit():
-            import socket
-
-            try:
-                socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
-            except OSError as e:
-                why = "no answer within 10 s" if isinstance(e, TimeoutError) else e.strerror or e
-                raise NasNeckError(
-                    f"--ray-address: cannot reach a Ray cluster at {host}:{port} ({why}); "
-                    "is `ray start --head` running there?"
-                ) from None
+        check_ray_address(address)  # ray.init retries a dead address for minutes
         try:
             ray.init(address=address)
         except (ConnectionError, AuthenticationError) as e:
