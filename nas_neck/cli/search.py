@@ -18,7 +18,7 @@ from nas_neck.errors import NasNeckError
 from nas_neck.metrics import ACCURACY_METRICS, COST_METRICS
 from nas_neck.search.probe import check_ray_address
 from nas_neck.search.settings import SearchSettings, baseline_names
-from nas_neck.search.study import SAMPLERS, Objectives
+from nas_neck.search.study import SAMPLERS, Objectives, make_storage
 from nas_neck.search.tracking import check_reachable
 
 _S = SearchSettings()  # the defaults of every search option
@@ -126,6 +126,7 @@ def search(
     config = opt.proxy_from(ctx.params)
     # Before the (slow) data set-up: servers that do not answer would stall for minutes.
     check_reachable(tracking_uri)
+    make_storage(storage)  # a missing driver or a dead database server: one line, now
     if backend == "ray":
         check_ray_address(ray_address)
     try:
