@@ -2,22 +2,18 @@
 `nas-neck worker` processes on one study with one SIGKILLed mid-trial, and an `mlflow server`
 whose backend store is PostgreSQL too."""
 
-import os
-import signal
-
 import mlflow
 import optuna
 import pytest
 import servers
-from optuna.trial import TrialState
 from servers import postgres_db, postgres_server  # noqa: F401 (fixtures)
-from test_worker import _study, _trained, _wait_for_training, _worker
+from test_worker import _study, kill_one_of_two_workers
 from test_worker import root as root  # noqa: F401 (fixture: tiny data and a warm feature cache)
 from typer.testing import CliRunner
 
 from nas_neck.cli import app
 from nas_neck.errors import NasNeckError
-from nas_neck.search.study import counted, load_existing_study, make_storage
+from nas_neck.search.study import load_existing_study, make_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -57,22 +53,7 @@ def test_workers_on_postgres_with_a_postgres_mlflow_server(
         study_name, storage = _study(
             root, "pg", trials=2, epochs=100, storage=postgres_db, tracking_uri=tracking
         )
-        workers = {w.pid: w for w in (_worker(root, study_name, storage) for _ in range(2))}
-        victim = _wait_for_training(study_name, storage, workers)
-        os.kill(victim, signal.SIGKILL)
-        (survivor,) = [w for pid, w in workers.items() if pid != victim]
-        assert survivor.wait(timeout=300) == 0
-        workers[victim].wait()
-
-        study = load_existing_study(study_name, storage)
-        (killed,) = [t for t in study.trials if t.state == TrialState.FAIL]
-        assert killed.user_attrs["fail_reason"] == "stale: worker died"
-        assert killed.user_attrs["worker"].endswith(f":{victim}")
-        assert TrialState.RUNNING not in {t.state for t in study.trials}
-        assert sum(counted(t) for t in study.trials) in (2, 3)  # nothing lost
-        (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
-        assert retry.state == TrialState.COMPLETE  # retried once
-        assert len(_trained(study)) == 1  # no architecture trained twice (light.yaml has one)
+        _, killed = kill_one_of_two_workers(root, study_name, storage)
 
         client = mlflow.MlflowClient(tracking_uri=tracking)
         assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"
