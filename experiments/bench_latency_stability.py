@@ -1,16 +1,27 @@
-"""How stable is a latency measurement across processes? (target: CV of medians <= 5%)
+"""Do separate processes agree on a latency? (target: CV <= 5 % across processes)
 
-The search compares candidates by latency measured in different worker processes, so what
-matters is the spread between processes, not only within one. This measures the same neck-like
-module (a plain-conv FPN, 3 levels of a 384 px input, width 64, the same weights everywhere) in
-N fresh spawned processes, one after another, and reports each process's median and the
-coefficient of variation (CV) of the medians; also the CV of the p10s, which other processes on
-a shared machine disturb less (timeit's reasoning for its minimum), and the 1-minute load
-average each process started under, so a noisy host shows up in the result.
+The search compares candidates by latency measured in different processes (workers, Ray
+trials), so what matters is the spread between processes, not within one. Every latency here is
+what the search records: `ProxyTask.cost` on a small real proxy task (synthetic plates, the frozen
+backbone's channels, the fixed head), i.e. the candidate timed beside the reference neck in the
+same rounds, the ratio of their p10s, times the reference's calibrated time (calibrated once, by
+the first process, in this run's own cache folder, then read by every other).
 
-    python experiments/bench_latency_stability.py [--size 5] [--threads 1] [--input-size 384]
+* **processes**: `--size` fresh spawned processes, one after another, each measuring `--arch`;
+  the CV of their `latency_ms` (equal to the CV of their ratios: one calibration), beside the CV
+  of what each process timed without the reference (its raw p10) and of the previous method
+  (the median of round medians of the neck timed alone).
+* **workers**: two processes at once, as two workers of one search, each measuring the same
+  `--archs` architectures (seeded samples of `--space`; the second worker in reverse order, so
+  they time different architectures at the same moment); per architecture, how far the two
+  disagree (|a - b| / mean) on `latency_ms` and on the raw p10.
 
-Issue 9, study 2. `--size` is the number of processes.
+Each process records the 1-minute load average it started under, so a noisy host shows up.
+
+    python experiments/bench_latency_stability.py [--size 5] [--archs 8] [--threads 1] \
+        [--input-size 256] [--target torch] [--scope neck] [--mode both]
+
+Issue 9, study 2.
 """
 
 from __future__ import annotations
@@ -19,142 +30,239 @@ import argparse
 import multiprocessing
 import os
 import statistics
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import torch
-import torch.nn.functional as F
 from _common import OUT, write_result
-from torch import Tensor, nn
 
+from nas_neck.config import ProxyConfig
+from nas_neck.data.synth import generate_synthetic
 from nas_neck.device import available_cpus
-from nas_neck.measure import count_flops, count_params, feature_inputs, measure_latency
+from nas_neck.dsl import Architecture, load_architecture, load_space
+from nas_neck.measure import feature_inputs, measure_latency
+from nas_neck.neck import GraphNeck
+from nas_neck.proxy import ProxyTask
 
-BACKBONE_CHANNELS = (40, 112, 320)  # EfficientNet-Lite0 at strides 8, 16, 32
-STRIDES = (8, 16, 32)
-
-
-class PlainFPN(nn.Module):
-    """FPN from plain convs: 1x1 laterals, nearest top-down sum, 3x3 output convs."""
-
-    def __init__(self, in_channels: tuple[int, ...], width: int) -> None:
-        super().__init__()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in in_channels)
-        self.output = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in in_channels)
-        self.out_channels = [width] * len(in_channels)
-
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        laterals = [conv(f) for conv, f in zip(self.lateral, features, strict=True)]
-        for i in range(len(laterals) - 1, 0, -1):
-            up = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
-            laterals[i - 1] = laterals[i - 1] + up
-        return [conv(x) for conv, x in zip(self.output, laterals, strict=True)]
+_FIELDS = ("latency_ms", "latency_ratio", "latency_p10_ms", "latency_p90_ms", "measure_s")
 
 
-def _measure_once(args: dict[str, Any]) -> dict[str, Any]:
-    """One process's measurement (runs in a fresh spawned interpreter)."""
-    load = os.getloadavg()[0]
-    torch.manual_seed(0)
-    neck = PlainFPN(BACKBONE_CHANNELS, args["width"])
-    inputs = feature_inputs(BACKBONE_CHANNELS, STRIDES, args["size"])
-    latency = measure_latency(
-        neck,
-        inputs,
-        threads=args["threads"],
-        warmup=args["warmup"],
-        runs=args["runs"],
-        device=args["device"],
+def _architectures(space: str, n: int) -> list[Architecture]:
+    """`n` distinct seeded samples of `space`: what a search's workers would measure."""
+    sampled = load_space(space)
+    archs: list[Architecture] = []
+    seed = 0
+    while len(archs) < n:
+        arch = sampled.random(seed)
+        if arch.hash not in {a.hash for a in archs}:
+            archs.append(arch)
+        seed += 1
+    return archs
+
+
+def _previous_method_ms(proxy: ProxyTask, arch: Architecture) -> float:
+    """The neck timed alone, median of round medians: how latency was measured before."""
+    c = proxy.config
+    channels = proxy.channels(arch.inputs)
+    inputs = feature_inputs(channels, [2**lvl for lvl in arch.inputs], c.input_size)
+    neck = GraphNeck(arch, channels)
+    lat = measure_latency(
+        neck, inputs, threads=c.latency_threads, warmup=c.latency_warmup, runs=c.latency_runs
     )
-    return latency.as_dict() | {"loadavg_1min": load}
+    return lat.median_ms
+
+
+def _one_process(config: dict[str, Any], arch: str) -> dict[str, Any]:
+    """One fresh process measuring `arch` as a search's trial would (and the previous way)."""
+    load = os.getloadavg()[0]
+    proxy = ProxyTask(ProxyConfig(**config))
+    architecture = load_architecture(arch)
+    cost = proxy.cost(architecture)
+    return {
+        **{k: cost[k] for k in _FIELDS},
+        "reference_ms": cost["latency_reference_ms"],
+        "previous_median_ms": _previous_method_ms(proxy, architecture),
+        "loadavg_1min": load,
+    }
+
+
+def _one_worker(config: dict[str, Any], space: str, n: int, reverse: bool) -> dict[str, Any]:
+    """One worker measuring the same `n` architectures as the other, in its own order."""
+    load = os.getloadavg()[0]
+    proxy = ProxyTask(ProxyConfig(**config))
+    archs = _architectures(space, n)
+    results = {}
+    for arch in reversed(archs) if reverse else archs:
+        cost = proxy.cost(arch)
+        results[arch.hash] = {k: cost[k] for k in _FIELDS}
+    return {"loadavg_1min": load, "costs": results, "order": [a.hash for a in archs]}
 
 
 def _cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else 0.0
 
 
+def _disagreement(a: float, b: float) -> float:
+    return abs(a - b) / ((a + b) / 2)
+
+
+def _processes(config: dict[str, Any], arch: str, size: int) -> dict[str, Any]:
+    """`size` fresh processes one after another (so they do not compete for the cores)."""
+    spawn = multiprocessing.get_context("spawn")
+    results = []
+    for i in range(size):
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            r = pool.submit(_one_process, config, arch).result()
+        results.append(r)
+        print(
+            f"process {i}: latency {r['latency_ms']:.3f} ms (ratio {r['latency_ratio']:.4f} x "
+            f"{r['reference_ms']:.3f} ms), raw p10 {r['latency_p10_ms']:.3f}, p90 "
+            f"{r['latency_p90_ms']:.3f}, previous median {r['previous_median_ms']:.3f} ms, "
+            f"cost took {r['measure_s']:.2f} s, load {r['loadavg_1min']:.2f}"
+        )
+    summary = {
+        "arch": arch,
+        "processes": results,
+        "cv_latency_ms": _cv([r["latency_ms"] for r in results]),
+        "cv_ratio": _cv([r["latency_ratio"] for r in results]),
+        "cv_raw_p10": _cv([r["latency_p10_ms"] for r in results]),
+        "cv_previous_median": _cv([r["previous_median_ms"] for r in results]),
+    }
+    print(
+        f"{size} processes: CV of latency_ms {100 * summary['cv_latency_ms']:.2f} % "
+        f"(target <= 5 %), of the ratio {100 * summary['cv_ratio']:.2f} %; without the "
+        f"reference: raw p10 {100 * summary['cv_raw_p10']:.2f} %, previous method (median) "
+        f"{100 * summary['cv_previous_median']:.2f} %"
+    )
+    return summary
+
+
+def _workers(config: dict[str, Any], space: str, n: int) -> dict[str, Any]:
+    """Two processes at once measuring the same `n` architectures, as two workers of a search."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
+        futures = [pool.submit(_one_worker, config, space, n, reverse) for reverse in (False, True)]
+        workers = [f.result() for f in futures]
+    rows = []
+    for h in workers[0]["order"]:
+        a, b = (w["costs"][h] for w in workers)
+        rows.append(
+            {
+                "arch_hash": h,
+                "latency_ms": [a["latency_ms"], b["latency_ms"]],
+                "raw_p10_ms": [a["latency_p10_ms"], b["latency_p10_ms"]],
+                "disagreement": _disagreement(a["latency_ms"], b["latency_ms"]),
+                "disagreement_raw_p10": _disagreement(a["latency_p10_ms"], b["latency_p10_ms"]),
+            }
+        )
+        print(
+            f"{h}: {a['latency_ms']:.3f} vs {b['latency_ms']:.3f} ms "
+            f"({100 * rows[-1]['disagreement']:.2f} %; raw p10 "
+            f"{100 * rows[-1]['disagreement_raw_p10']:.2f} %)"
+        )
+    summary = {
+        "space": space,
+        "architectures": rows,
+        "loadavg_1min": [w["loadavg_1min"] for w in workers],
+        "median_disagreement": statistics.median(r["disagreement"] for r in rows),
+        "max_disagreement": max(r["disagreement"] for r in rows),
+        "median_disagreement_raw_p10": statistics.median(r["disagreement_raw_p10"] for r in rows),
+        "mean_measure_s": statistics.fmean(
+            c["measure_s"] for w in workers for c in w["costs"].values()
+        ),
+    }
+    print(
+        f"2 workers, {n} architectures: |a - b| / mean median "
+        f"{100 * summary['median_disagreement']:.2f} %, max "
+        f"{100 * summary['max_disagreement']:.2f} % (raw p10: median "
+        f"{100 * summary['median_disagreement_raw_p10']:.2f} %); cost took "
+        f"{summary['mean_measure_s']:.2f} s on average; loads {summary['loadavg_1min']}"
+    )
+    return summary
+
+
+def _plot(processes: dict[str, Any] | None, workers: dict[str, Any] | None) -> plt.Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if processes is not None:
+        rs = processes["processes"]
+        x = range(len(rs))
+        axes[0].plot(x, [r["latency_ms"] for r in rs], "o-", label="latency_ms (vs reference)")
+        axes[0].plot(x, [r["latency_p10_ms"] for r in rs], "s--", label="raw p10, no reference")
+        axes[0].plot(x, [r["previous_median_ms"] for r in rs], "^:", label="previous: median")
+        axes[0].set(
+            xlabel="process",
+            ylabel="ms",
+            title=f"{processes['arch']}: CV {100 * processes['cv_latency_ms']:.1f} % "
+            f"(previous {100 * processes['cv_previous_median']:.1f} %)",
+        )
+        axes[0].legend(fontsize=8)
+    if workers is not None:
+        rows = workers["architectures"]
+        x = range(len(rows))
+        axes[1].bar([i - 0.2 for i in x], [100 * r["disagreement"] for r in rows], 0.4)
+        axes[1].bar([i + 0.2 for i in x], [100 * r["disagreement_raw_p10"] for r in rows], 0.4)
+        axes[1].legend(["latency_ms (vs reference)", "raw p10, no reference"], fontsize=8)
+        axes[1].set(
+            xlabel="architecture",
+            ylabel="|a - b| / mean, %",
+            title=f"2 workers: median {100 * workers['median_disagreement']:.1f} %",
+        )
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _config(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """A small real proxy task in `root`: its data, feature cache and latency calibration."""
+    data = generate_synthetic(root / "data", n_train=4, n_val=2, size=args.input_size, seed=0)
+    return {
+        "data": data.root,
+        "input_size": args.input_size,
+        "views": (0,),
+        "cache_root": root / "cache",
+        "latency_threads": args.threads,
+        "latency_runs": args.runs,
+        "latency_warmup": args.warmup,
+        "latency_target": args.target,
+        "latency_scope": args.scope,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=5, help="processes")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (the search's default)"
-    )
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--input-size", type=int, default=384)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=5, help="processes (mode processes)")
+    parser.add_argument("--archs", type=int, default=8, help="architectures (mode workers)")
+    parser.add_argument("--mode", choices=("processes", "workers", "both"), default="both")
+    parser.add_argument("--arch", default="pafpn", help="architecture (mode processes)")
+    parser.add_argument("--space", default="pafpn-family", help="space sampled (mode workers)")
+    parser.add_argument("--threads", type=int, default=1, help="the search's default")
+    parser.add_argument("--runs", type=int, default=ProxyConfig().latency_runs)
+    parser.add_argument("--warmup", type=int, default=ProxyConfig().latency_warmup)
+    parser.add_argument("--input-size", type=int, default=ProxyConfig().input_size)
+    parser.add_argument("--target", choices=("torch", "onnxruntime"), default="torch")
+    parser.add_argument("--scope", choices=("neck", "detector"), default="neck")
     parser.add_argument("--out", type=Path, default=OUT / "latency_stability.json")
     args = parser.parse_args()
 
-    config = {
-        "threads": args.threads,
-        "runs": args.runs,
-        "warmup": args.warmup,
-        "size": args.input_size,
-        "width": args.width,
-        "device": args.device,
-    }
-    neck = PlainFPN(BACKBONE_CHANNELS, args.width)
-    inputs = feature_inputs(BACKBONE_CHANNELS, STRIDES, args.input_size)
-    flops, params = count_flops(neck, inputs), count_params(neck)
-
-    # one process per measurement, sequentially, so they do not compete for the cores
-    spawn = multiprocessing.get_context("spawn")
-    results = []
-    for i in range(args.size):
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            result = pool.submit(_measure_once, config).result()
-        results.append(result)
-        print(
-            f"process {i}: median {result['median_ms']:.3f} ms "
-            f"(p10 {result['p10_ms']:.3f}, p90 {result['p90_ms']:.3f}, "
-            f"threads {result['threads']}, {result['device']}, "
-            f"load {result['loadavg_1min']:.2f})"
-        )
-    medians = [r["median_ms"] for r in results]
-    cv, cv_p10 = _cv(medians), _cv([r["p10_ms"] for r in results])
-    print(
-        f"median of medians {statistics.median(medians):.3f} ms, CV across processes "
-        f"{100 * cv:.2f}% (target <= 5%), CV of p10 {100 * cv_p10:.2f}%; "
-        f"FLOPs (2 per MAC) {flops / 1e9:.3f} G, params {params / 1e6:.3f} M"
-    )
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.errorbar(
-        range(len(results)),
-        medians,
-        yerr=[
-            [m - r["p10_ms"] for m, r in zip(medians, results, strict=True)],
-            [r["p90_ms"] - m for m, r in zip(medians, results, strict=True)],
-        ],
-        fmt="o",
-        capsize=4,
-    )
-    ax.set(
-        xlabel="process",
-        ylabel="latency, ms (median, p10-p90)",
-        title=f"PlainFPN at {args.input_size} px, {config['threads']} thread(s): CV {100 * cv:.1f} %",
-    )
-    ax.grid(alpha=0.3)
+    with tempfile.TemporaryDirectory(prefix="latency-stability-") as tmp:
+        config = _config(args, Path(tmp))
+        ProxyTask(ProxyConfig(**config)).caches(load_architecture(args.arch).inputs)
+        processes = _processes(config, args.arch, args.size) if args.mode != "workers" else None
+        workers = _workers(config, args.space, args.archs) if args.mode != "processes" else None
     summary = {
         "study": "latency stability",
-        "command": f"python experiments/bench_latency_stability.py --size {args.size} "
-        f"--threads {args.threads} --input-size {args.input_size}",
-        "config": config,
-        "module": "PlainFPN",
-        "backbone_channels": BACKBONE_CHANNELS,
-        "strides": STRIDES,
-        "flops_2_per_mac": flops,
-        "params": params,
-        "processes": results,
-        "medians_ms": medians,
-        "cv": cv,
-        "cv_p10": cv_p10,
+        "command": f"python experiments/bench_latency_stability.py --mode {args.mode} "
+        f"--size {args.size} --archs {args.archs} --threads {args.threads} "
+        f"--input-size {args.input_size} --target {args.target} --scope {args.scope}",
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
+        "processes": processes,
+        "workers": workers,
         "target_cv": 0.05,
         "cpus_available": available_cpus(),
     }
-    write_result(args.out, summary, fig)
+    write_result(args.out, summary, _plot(processes, workers))
 
 
 if __name__ == "__main__":

@@ -7,40 +7,57 @@ feature caches, so each trial pays only for its own neck and head.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from torch import Tensor, nn
 
 from nas_neck.backbone import FrozenBackbone
 from nas_neck.config import ProxyConfig
-from nas_neck.data.cache import FeatureCache
+from nas_neck.data.cache import FeatureCache, default_cache_root
 from nas_neck.data.coco import CocoDetection
 from nas_neck.data.synth import ensure_default_dataset
 from nas_neck.detect.evaluate import coco_evaluate, count_mae, to_coco_results
-from nas_neck.detect.head import DetectionHead
 from nas_neck.detect.trainer import Detector, predict, save_checkpoint, train
 from nas_neck.device import default_device
-from nas_neck.dsl import Architecture
+from nas_neck.dsl import Architecture, load_architecture
 from nas_neck.errors import DataError
-from nas_neck.measure import count_flops, count_params, feature_inputs, measure_neck
-from nas_neck.neck import GraphNeck
+from nas_neck.measure import (
+    NeckWithHead,
+    calibrate,
+    calibrated_ms,
+    count_flops,
+    count_params,
+    feature_inputs,
+    machine_key,
+    measure_relative,
+)
 
 log = logging.getLogger(__name__)
+
+REFERENCE_ARCH = "fpn"  # the shipped neck every latency is relative to (timed beside each one)
+_LATENCY_ROUNDS = 5  # fresh copies per measurement: enough to sample a copy's layout modes, and
+# each costs a deep copy of every module timed (~40 ms a neck, ~70 ms neck + head)
 
 
 @dataclass
 class Outcome:
-    """A trained candidate: its model, metrics, losses and where the time went."""
+    """A trained candidate: its model, metrics, losses, where the time went and the arithmetic
+    it was trained in (`nas_neck.device.resolve_precision`; None where the producer does not say).
+    """
 
     model: Detector
     arch: Architecture
     metrics: dict[str, float]
     losses: list[float]
     timings: dict[str, float]
+    precision: str | None = None
 
 
 class ProxyTask:
@@ -79,45 +96,85 @@ class ProxyTask:
         return self.caches(levels)[2].channels
 
     # ---- cost --------------------------------------------------------------------------------
-    def cost(self, arch: Architecture) -> dict[str, float]:
-        """Latency (neck, and neck + head) at batch 1 and the input size, FLOPs and params."""
+    def cost(self, arch: Architecture) -> dict[str, Any]:
+        """Latency at batch 1 and the input size, FLOPs and params of `arch`'s neck.
+
+        Latency is timed in ``latency_target`` over ``latency_scope`` (the neck, or the detector:
+        neck + the fixed head) beside the reference (`REFERENCE_ARCH`, same target and scope) in
+        the same rounds, and reported as the ratio of their p10s times the reference's calibrated
+        time (`nas_neck.measure.measure_relative`), so that workers and Ray trials, each timing in
+        its own process, agree. The ``latency_runs`` timed runs are shared by the modules timed
+        together, over `_LATENCY_ROUNDS` rounds; neck + head is always one of them
+        (``latency_head_ms``).
+        """
         start = time.perf_counter()
+        c = self.config
         channels = self.channels(arch.inputs)
-        strides = [2**lvl for lvl in arch.inputs]
-        neck = GraphNeck(arch, channels)
-        head = DetectionHead(
-            neck.out_channels,
-            neck.out_strides,
-            self.num_classes,
-            width=self.config.train.head_width,
-            num_convs=self.config.train.head_convs,
+        neck, detector = self._detector(arch, channels)
+        inputs = feature_inputs(channels, [2**lvl for lvl in arch.inputs], c.input_size)
+        flops, params = count_flops(neck, (inputs,)), count_params(neck)  # on the CPU, untimed
+        timed = {"neck": (neck, inputs)} if c.latency_scope == "neck" else {}
+        timed["neck+head"] = (detector, inputs)
+        reference, key = self._reference()
+        timing = {
+            "threads": c.latency_threads,
+            "warmup": c.latency_warmup,
+            "device": self.device,
+            "target": c.latency_target,
+        }
+        root = c.cache_root or default_cache_root()
+        reference_ms = calibrated_ms(root, key, lambda: calibrate(*reference, **timing))
+        runs = max(1, c.latency_runs // (len(timed) + 1))
+        lat = measure_relative(
+            timed, reference, reference_ms, runs=runs, rounds=_LATENCY_ROUNDS, **timing
         )
-        size = self.config.input_size
-        lat = measure_neck(
-            neck,
-            channels,
-            strides,
-            size,
-            head=head,
-            threads=self.config.latency_threads,
-            warmup=self.config.latency_warmup,
-            runs=self.config.latency_runs,
-            device=self.device,
-        )
-        flops = count_flops(neck, (feature_inputs(channels, strides, size),))
+        main = lat["neck" if c.latency_scope == "neck" else "neck+head"]
         return {
-            "latency_ms": lat["neck"].median_ms,
-            "latency_p90_ms": lat["neck"].p90_ms,
-            "latency_head_ms": lat["neck+head"].median_ms,
-            "latency_threads": lat["neck"].threads,
+            "latency_ms": main.ms,
+            "latency_ratio": main.ratio,
+            "latency_reference_ms": reference_ms,
+            "latency_p10_ms": main.latency.p10_ms,
+            "latency_p90_ms": main.latency.p90_ms,
+            "latency_head_ms": lat["neck+head"].ms,
+            "latency_threads": main.latency.threads,
+            "latency_target": c.latency_target,
+            "latency_scope": c.latency_scope,
             "gflops": flops / 1e9,
-            "mparams": count_params(neck) / 1e6,
+            "mparams": params / 1e6,
             "measure_s": time.perf_counter() - start,
         }
 
+    def _detector(self, arch: Architecture, channels: list[int]) -> tuple[nn.Module, NeckWithHead]:
+        """`arch`'s neck, and neck + the fixed head as training builds them."""
+        model = Detector(arch, channels, self.num_classes, self.config.train)
+        return model.neck, NeckWithHead(model.neck, model.head)
+
+    def _reference(self) -> tuple[tuple[nn.Module, list[Tensor]], dict[str, Any]]:
+        """The reference latencies are relative to (`REFERENCE_ARCH` on this backbone's maps, with
+        the head in detector scope) and its inputs; and the key of its calibration."""
+        c = self.config
+        arch = load_architecture(REFERENCE_ARCH)
+        channels = list(_backbone_channels(c.backbone, arch.inputs))
+        neck, detector = self._detector(arch, channels)
+        inputs = feature_inputs(channels, [2**lvl for lvl in arch.inputs], c.input_size)
+        key = machine_key(c.latency_threads, c.latency_target, self.device) | {
+            "reference": REFERENCE_ARCH,
+            "reference_hash": arch.hash,
+            "backbone": c.backbone,
+            "channels": channels,
+            "input_size": c.input_size,
+            "scope": c.latency_scope,
+        }
+        if c.latency_scope == "neck":
+            return (neck, inputs), key
+        t = c.train
+        key["head"] = {"classes": self.num_classes, "width": t.head_width, "convs": t.head_convs}
+        return (detector, inputs), key
+
     # ---- train + evaluate --------------------------------------------------------------------
     def run(self, arch: Architecture, on_epoch: Any = None) -> Outcome:
-        """Train `arch` with the shared recipe and evaluate it on the validation split."""
+        """Train `arch` with the shared recipe and evaluate it on the validation split; the
+        outcome names the precision it was trained in, so a study that mixes them shows it."""
         train_cache, val_cache, backbone = self.caches(arch.inputs)
         cfg = self.config.train
         torch.manual_seed(cfg.seed)
@@ -133,7 +190,7 @@ class ProxyTask:
         start = time.perf_counter()
         metrics = self.evaluate(model, val_cache)
         timings = {"train_s": result.seconds, "eval_s": time.perf_counter() - start}
-        return Outcome(model, arch, metrics, result.losses, timings)
+        return Outcome(model, arch, metrics, result.losses, timings, result.precision)
 
     def evaluate(self, model: Detector, val_cache: Any) -> dict[str, float]:
         """COCO metrics and colony-count MAE on the validation split, in original coordinates."""
@@ -160,6 +217,7 @@ class ProxyTask:
             outcome.arch,
             {
                 "metrics": outcome.metrics,
+                "precision": outcome.precision,
                 "config": self.config.train.model_dump(),
                 "input_size": self.config.input_size,
                 "backbone": self.config.backbone,
@@ -190,3 +248,12 @@ def resolve_data(config: ProxyConfig) -> tuple[Path, Path, Path | None]:
             f"--data {data} is one annotation file: give the validation split with --val-data"
         )
     return data, Path(config.val_data), config.images
+
+
+@functools.cache
+def _backbone_channels(name: str, levels: tuple[int, ...]) -> tuple[int, ...]:
+    """Channels of backbone `name` at `levels`, from timm's feature info (no weights, no cache):
+    the reference's inputs need no feature cache of their own."""
+    info = timm.create_model(name, pretrained=False, features_only=True).feature_info
+    by_stride = dict(zip(info.reduction(), info.channels(), strict=True))
+    return tuple(by_stride[2**lvl] for lvl in levels)

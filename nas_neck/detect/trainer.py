@@ -3,6 +3,14 @@
 Every candidate gets the same recipe: AdamW, linear warm-up then cosine decay, gradient clipping,
 a fixed seed and a fixed data order, so differences in the result come from the neck. A
 non-finite loss stops the run at once with a clear reason instead of wasting the budget.
+
+Precision (``TrainConfig.precision``, resolved by `nas_neck.device.resolve_precision`): under
+bf16 or fp16 only the forward of neck and head runs in autocast (convolutions in the low
+precision); the loss and the target assignment run outside it, in fp32 on the head's outputs, and
+the optimizer keeps fp32 master weights. fp16 (CUDA AMP on GPUs without bf16) adds loss scaling,
+since its gradients underflow; bf16 has fp32's range and needs none. Evaluation (`predict`) always
+runs in fp32: it is about 1% of a trial's compute, and so the mAP of a bf16 trial differs from an
+fp32 one only by how it was trained, never by rounding of the scores and boxes it is judged on.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from nas_neck.config import TrainConfig
 from nas_neck.detect.decode import decode
 from nas_neck.detect.head import DetectionHead, HeadOutput
 from nas_neck.detect.loss import DetectionLoss
-from nas_neck.device import autocast_context
+from nas_neck.device import Precision, autocast_context, resolve_precision
 from nas_neck.dsl import Architecture, SearchSpace
 from nas_neck.errors import (
     OUT_OF_SPACE,
@@ -69,11 +77,12 @@ class Detector(nn.Module):
 
 @dataclass
 class TrainResult:
-    """What a brief training produced."""
+    """What a brief training produced; `precision` is the arithmetic it ran in."""
 
     losses: list[float]
     seconds: float
     steps: int
+    precision: Precision
     parts: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -85,6 +94,7 @@ def train(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `cache` (a `FeatureCache` split) for `config.epochs`; per-epoch mean losses."""
+    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     model.to(device).train()
     criterion = DetectionLoss()
@@ -104,6 +114,7 @@ def train(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_cosine(config.warmup_steps, total)
     )
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     order = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     parts: dict[str, list[float]] = {"loss_cls": [], "loss_box": []}
@@ -115,9 +126,9 @@ def train(
             idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
             feats = [f.to(device, non_blocking=True) for f in cache.features(idx)]
             targets = [{k: v.to(device) for k, v in t.items()} for t in cache.targets(idx)]
-            with autocast_context(device):
+            with autocast_context(device, precision):
                 out = model(feats)
-            loss = criterion(out, targets)
+            loss = criterion(out, targets)  # fp32: the loss casts the head's outputs up
             value = loss["loss"]
             if not torch.isfinite(value):
                 raise TrainingDiverged(
@@ -125,9 +136,11 @@ def train(
                     f"(cls {loss['loss_cls'].item():.4g}, box {loss['loss_box'].item():.4g})"
                 )
             optimizer.zero_grad(set_to_none=True)
-            value.backward()
+            scaler.scale(value).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             step += 1
             for k in sums:
@@ -135,25 +148,33 @@ def train(
         losses.append(sums["loss"] / per_epoch)
         for k in parts:
             parts[k].append(sums[k] / per_epoch)
-        log.debug("epoch %d/%d loss %.4f", epoch + 1, config.epochs, losses[-1])
+        log.debug("epoch %d/%d loss %.4f (%s)", epoch + 1, config.epochs, losses[-1], precision)
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1])
-    return TrainResult(losses=losses, seconds=time.perf_counter() - start, steps=step, parts=parts)
+    return TrainResult(
+        losses=losses,
+        seconds=time.perf_counter() - start,
+        steps=step,
+        precision=precision,
+        parts=parts,
+    )
 
 
 @torch.no_grad()
 def predict(
     model: Detector, cache: Any, config: TrainConfig, device: torch.device, batch_size: int = 16
 ) -> list[dict[str, Tensor]]:
-    """Decoded detections (letterboxed input pixels, contiguous labels) for every cached image."""
+    """Decoded detections (letterboxed input pixels, contiguous labels) for every cached image.
+
+    Always in fp32, whatever `config.precision` trained the model (see the module docstring).
+    """
     model.to(device).eval()
     size = tuple(cache.image_size) if hasattr(cache, "image_size") else None
     preds: list[dict[str, Tensor]] = []
     for i in range(0, len(cache), batch_size):
         idx = list(range(i, min(i + batch_size, len(cache))))
         feats = [f.to(device) for f in cache.features(idx)]
-        with autocast_context(device):
-            out = model(feats, size)
+        out = model(feats, size)
         preds += [
             {k: v.cpu() for k, v in p.items()}
             for p in decode(out, score_thresh=config.score_thresh, max_det=config.max_det)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from nas_neck.config import TrainConfig
 from nas_neck.detect.loss import DetectionLoss
 from nas_neck.detect.trainer import Detector, TrainingDiverged, train
-from nas_neck.device import autocast_context
+from nas_neck.device import autocast_context, resolve_precision
 from nas_neck.dsl import Architecture
 from nas_neck.errors import NasNeckError
 
@@ -71,7 +71,8 @@ def finetune(
     metrics = proxy.evaluate(model, val)
     timings = {"train_s": train_s, "eval_s": time.perf_counter() - start}
     state = {k: v.detach().cpu() for k, v in body.state_dict().items()}
-    return Outcome(model, arch, metrics, losses, timings), state
+    precision = resolve_precision(cfg.precision, device)
+    return Outcome(model, arch, metrics, losses, timings, precision), state
 
 
 class _Normalize(nn.Module):
@@ -139,7 +140,7 @@ def _tune(
                 dataset, perm[b * cfg.batch_size : (b + 1) * cfg.batch_size], order
             )
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            with autocast_context(device):
+            with autocast_context(device, cfg.precision):
                 out = model(body(normalize(images.to(device))))
             loss = criterion(out, targets)["loss"]
             if not torch.isfinite(loss):

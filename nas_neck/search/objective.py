@@ -143,6 +143,9 @@ class Objective:
                 return 0.0, cost_value
         outcome = self.proxy.run(arch, on_epoch=lambda e, n, loss: self.hooks.epoch(e, n, loss))
         self._record(trial, run_id, {**outcome.metrics, **outcome.timings})
+        # A string, so no MLflow metric: a user attr and a run param show a study mixing precisions.
+        trial.set_user_attr("precision", outcome.precision)
+        self.tracker.log_params(run_id, {"precision": outcome.precision})
         self.tracker.log_series(run_id, "train_loss", outcome.losses)
         trial.set_user_attr("losses", outcome.losses)
         ckpt = self.proxy.save(
@@ -203,6 +206,8 @@ class Objective:
             trial.set_constraint(key, value)
         self.tracker.set_tags(run_id, {"duplicate_of": original.number})
         self.tracker.log_metrics(run_id, _numbers(keep))
+        if "precision" in keep:
+            self.tracker.log_params(run_id, {"precision": keep["precision"]})
         log.info(
             "trial %d repeats trial %d's architecture; reusing its result",
             trial.number,
