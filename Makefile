@@ -33,10 +33,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
-# The five studies of experiments/RESULTS.md at their default sizes (each < 45 min on 2 CPU
-# cores, about 2 h in all); each writes experiments/out/<study>.json and .png.
+# The studies of experiments/RESULTS.md at their default sizes (each < 45 min on 2 CPU
+# cores, about 2.5 h in all); each writes experiments/out/<study>.json and .png.
 experiments: $(STAMP)
-	for s in bench_cache bench_latency_stability bench_throughput proxy_fidelity search_vs_random; do \
+	for s in bench_cache bench_latency_stability bench_throughput proxy_fidelity search_vs_random precision_study; do \
 		$(BIN)/python experiments/$$s.py || exit 1; done
 
 lint: $(STAMP)

@@ -79,10 +79,15 @@ def train(
     table.add_column("value", justify="right")
     for k in ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "count_mae"):
         table.add_row(k, f"{outcome.metrics[k]:.4f}")
+    timed = f"{cost['latency_scope']} latency, {cost['latency_target']} (ms)"
+    table.add_row(timed, f"{cost['latency_ms']:.2f} @ {cost['latency_threads']} threads")
     table.add_row(
-        "neck latency (ms)", f"{cost['latency_ms']:.2f} @ {cost['latency_threads']} threads"
+        "  p10-p90 in this process (ms)",
+        f"{cost['latency_p10_ms']:.2f}-{cost['latency_p90_ms']:.2f}",
     )
+    table.add_row("  ratio to the fpn reference", f"{cost['latency_ratio']:.3f}")
     table.add_row("neck+head latency (ms)", f"{cost['latency_head_ms']:.2f}")
+    table.add_row("precision", outcome.precision or "fp32")
     table.add_row("neck GFLOPs (2/MAC)", f"{cost['gflops']:.3f}")
     table.add_row("neck params (M)", f"{cost['mparams']:.3f}")
     table.add_row(

@@ -39,7 +39,9 @@ def _labels(sets: list[TrialSet], x: str, y: str) -> tuple[str, str]:
         if threads:
             n = f"{threads[0]}" if len(threads) == 1 else f"{threads[0]}-{threads[-1]}"
             how.append(f"{n} thread{'s' if threads[-1] > 1 else ''}")
-        x_label = f"neck latency, median (ms, {', '.join(how)})"
+        scopes = {t.user_attrs.get("latency_scope", "neck") for d in sets for t in d.trials}
+        what = "detector" if scopes == {"detector"} else "neck"
+        x_label = f"{what} latency (ms, {', '.join(how)}, p10 relative to fpn)"
     elif x == "flops":
         x_label = "neck GFLOPs (2 FLOPs per multiply-add)"
     else:

@@ -40,6 +40,7 @@ _NOT_INHERITED = (
     "worker",
     "retry_of",
 )
+_NOT_PARAMS = ("checkpoint",)  # a path, not a setting
 
 
 @dataclass
@@ -142,10 +143,8 @@ class Objective:
                 )
                 return 0.0, cost_value
         outcome = self.proxy.run(arch, on_epoch=lambda e, n, loss: self.hooks.epoch(e, n, loss))
-        self._record(trial, run_id, {**outcome.metrics, **outcome.timings})
-        # A string, so no MLflow metric: a user attr and a run param show a study mixing precisions.
-        trial.set_user_attr("precision", outcome.precision)
-        self.tracker.log_params(run_id, {"precision": outcome.precision})
+        values = {**outcome.metrics, **outcome.timings, "precision": outcome.precision}
+        self._record(trial, run_id, values)
         self.tracker.log_series(run_id, "train_loss", outcome.losses)
         trial.set_user_attr("losses", outcome.losses)
         ckpt = self.proxy.save(
@@ -156,9 +155,12 @@ class Objective:
         return outcome.metrics[self.objectives.accuracy], cost_value
 
     def _record(self, trial: optuna.Trial, run_id: str, values: dict[str, Any]) -> None:
+        """Values as trial user attrs, and in MLflow: numbers as metrics, names (precision,
+        latency target and scope) as params, so a study mixing settings shows it."""
         for k, v in values.items():
             trial.set_user_attr(k, v)
         self.tracker.log_metrics(run_id, _numbers(values))
+        self.tracker.log_params(run_id, _names(values))
 
     def _find_original(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
         """An earlier trial of the same architecture: a finished one, or one still running
@@ -206,8 +208,7 @@ class Objective:
             trial.set_constraint(key, value)
         self.tracker.set_tags(run_id, {"duplicate_of": original.number})
         self.tracker.log_metrics(run_id, _numbers(keep))
-        if "precision" in keep:
-            self.tracker.log_params(run_id, {"precision": keep["precision"]})
+        self.tracker.log_params(run_id, _names(keep))
         log.info(
             "trial %d repeats trial %d's architecture; reusing its result",
             trial.number,
@@ -229,6 +230,11 @@ def trial_architecture(space: SearchSpace, trial: optuna.Trial) -> Architecture:
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
     """The numeric values, as MLflow metrics (flags as 0/1; the tracker drops non-finite ones)."""
     return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+
+
+def _names(values: dict[str, Any]) -> dict[str, str]:
+    """The string values, as MLflow params (the architecture's own are logged apart)."""
+    return {k: v for k, v in values.items() if isinstance(v, str) and k not in _NOT_PARAMS}
 
 
 def _flatten(arch: Architecture) -> dict[str, Any]:
