@@ -24,10 +24,10 @@ from nas_neck.data.cache import FeatureCache, default_cache_root
 from nas_neck.data.coco import CocoDetection
 from nas_neck.data.synth import ensure_default_dataset
 from nas_neck.detect.evaluate import coco_evaluate, count_mae, to_coco_results
-from nas_neck.detect.trainer import Detector, predict, save_checkpoint, train
+from nas_neck.detect.trainer import Detector, load_checkpoint, predict, save_checkpoint, train
 from nas_neck.device import default_device
 from nas_neck.dsl import Architecture, load_architecture
-from nas_neck.errors import DataError
+from nas_neck.errors import CheckpointError, DataError
 from nas_neck.measure import (
     NeckWithHead,
     calibrate,
@@ -58,6 +58,8 @@ class Outcome:
     losses: list[float]
     timings: dict[str, float]
     precision: str | None = None
+    epochs: int | None = None  # trained in all (a resumed model counts its earlier epochs)
+    seed: int | None = None
 
 
 class ProxyTask:
@@ -172,25 +174,58 @@ class ProxyTask:
         return (detector, inputs), key
 
     # ---- train + evaluate --------------------------------------------------------------------
-    def run(self, arch: Architecture, on_epoch: Any = None) -> Outcome:
+    def run(
+        self,
+        arch: Architecture,
+        on_epoch: Any = None,
+        *,
+        epochs: int | None = None,
+        seed: int | None = None,
+        resume: Path | None = None,
+        start_epoch: int = 0,
+    ) -> Outcome:
         """Train `arch` with the shared recipe and evaluate it on the validation split; the
-        outcome names the precision it was trained in, so a study that mixes them shows it."""
+        outcome names the precision it was trained in, so a study that mixes them shows it.
+
+        `epochs` and `seed` override the recipe's (a rung of a multi-fidelity search, a
+        confirmation run); `resume` continues the checkpoint of a model already trained
+        `start_epoch` epochs for `epochs` more (see `nas_neck.detect.trainer.train`).
+        """
         train_cache, val_cache, backbone = self.caches(arch.inputs)
-        cfg = self.config.train
+        update = {"epochs": epochs, "seed": seed}
+        cfg = self.config.train.model_copy(
+            update={k: v for k, v in update.items() if v is not None}
+        )
         torch.manual_seed(cfg.seed)
         model = Detector(arch, backbone.channels, self.num_classes, cfg)
-        epochs = cfg.epochs
+        if resume is not None:
+            previous, previous_arch, _ = load_checkpoint(resume)
+            if previous_arch.hash != arch.hash:
+                raise CheckpointError(
+                    f"{resume}: holds architecture {previous_arch.hash}, not {arch.hash}"
+                )
+            model.load_state_dict(previous.state_dict())
         result = train(
             model,
             train_cache,
             cfg,
             self.device,
-            on_epoch=(lambda e, loss: on_epoch(e, epochs, loss)) if on_epoch else None,
+            on_epoch=(lambda e, loss: on_epoch(e, cfg.epochs, loss)) if on_epoch else None,
+            start_epoch=start_epoch,
         )
         start = time.perf_counter()
         metrics = self.evaluate(model, val_cache)
         timings = {"train_s": result.seconds, "eval_s": time.perf_counter() - start}
-        return Outcome(model, arch, metrics, result.losses, timings, result.precision)
+        return Outcome(
+            model,
+            arch,
+            metrics,
+            result.losses,
+            timings,
+            result.precision,
+            epochs=start_epoch + cfg.epochs,
+            seed=cfg.seed,
+        )
 
     def evaluate(self, model: Detector, val_cache: Any) -> dict[str, float]:
         """COCO metrics and colony-count MAE on the validation split, in original coordinates."""
@@ -218,6 +253,8 @@ class ProxyTask:
             {
                 "metrics": outcome.metrics,
                 "precision": outcome.precision,
+                "epochs": outcome.epochs,
+                "seed": outcome.seed,
                 "config": self.config.train.model_dump(),
                 "input_size": self.config.input_size,
                 "backbone": self.config.backbone,

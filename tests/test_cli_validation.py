@@ -112,6 +112,16 @@ CASES = [
     (SEARCH + ["--storage", "nas.db"], "--storage", "'nas.db'"),
     (SEARCH + ["--data", "no-such-folder"], "--data", "'no-such-folder'"),
     (SEARCH + ["--seed", "-1"], "--seed", "-1"),
+    (SEARCH + ["--rungs", "3,1"], "--rungs", "3,1"),
+    (SEARCH + ["--rungs", "a,b"], "--rungs", "'a,b'"),
+    (SEARCH + ["--rungs", "1,3", "--eta", "1"], "--eta", "1"),
+    (SEARCH + ["--budget-minutes", "0"], "--budget-minutes", "0"),
+    (SEARCH + ["--confirm", "-1"], "--confirm", "-1"),
+    (SEARCH + ["--confirm", "2", "--confirm-seeds", "0"], "--confirm-seeds", "0"),
+    (SEARCH + ["--confirm", "2", "--confirm-epochs", "0"], "--confirm-epochs", "0"),
+    (["confirm", "--study", "s", "--top", "-1"], "--top", "-1"),
+    (["confirm", "--study", "s", "--seeds", "0"], "--seeds", "0"),
+    (PARETO + ["--fidelity", "nine"], "--fidelity", "'nine'"),
     (RAY + ["--cpus-per-trial", "0"], "--cpus-per-trial", "0"),
     (RAY + ["--gpus-per-trial", "-0.5"], "--gpus-per-trial", "-0.5"),
     (RAY + ["--max-concurrent", "0"], "--max-concurrent", "0"),
@@ -171,7 +181,7 @@ def test_bounds_come_from_the_models():
 
 @pytest.mark.parametrize(
     "command",
-    [["show"], ["train"], ["search"], ["worker"], ["pareto"], ["export"], ["spaces"]]
+    [["show"], ["train"], ["search"], ["confirm"], ["worker"], ["pareto"], ["export"], ["spaces"]]
     + [["data", c] for c in ("synth", "check", "convert-agar")],
 )
 def test_help_still_works(command):
@@ -188,6 +198,17 @@ def test_ray_options_need_the_ray_backend():
     result = _invoke(SEARCH + ["--max-concurrent", "2"])
     _assert_one_line(result, "--max-concurrent")
     assert "only matter with --backend ray" in result.output
+
+
+def test_multifidelity_options_that_do_not_combine():
+    for args, words in [
+        (["--backend", "ray", "--confirm", "2"], "nas-neck confirm"),
+        (["--rungs", "1,3", "--epochs", "2"], "first rung's epochs"),
+    ]:
+        result = _invoke(SEARCH + args)
+        assert result.exit_code == 1 and words in result.output, result.output
+        assert not any(b in result.output for b in BOILERPLATE)
+        assert len(result.output.strip().splitlines()) == 1
 
 
 # ---- the proxy options: one call builds the config ----------------------------------------------

@@ -126,6 +126,25 @@ def test_ray_cluster_search_records_what_a_local_search_does(cluster, root, monk
     assert structure["ray"] == structure["local"]
 
 
+def test_a_multifidelity_search_on_ray_promotes_like_a_local_one(cluster, root):
+    settings = _settings(root, "ray-mf", trials=4, baselines=[], rungs=[1, 2], eta=2)
+    study = run_ray_search(settings, tiny_config(root), ray_address=cluster.address)
+    candidates = [t for t in study.trials if t.user_attrs.get("rung") == 0]
+    promoted = [t for t in study.trials if "promotes" in t.user_attrs]
+    assert len(candidates) == 4 and len(promoted) >= 2  # 4 // 2 at the end, at least
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    by_number = {t.number: t for t in study.trials}
+    for p in promoted:  # continued on a Ray task from the rung below's checkpoint
+        assert p.user_attrs["worker"].startswith("ray:") and len(p.user_attrs["losses"]) == 1
+        assert (
+            by_number[p.user_attrs["resumes"]].user_attrs["arch_hash"] == p.user_attrs["arch_hash"]
+        )
+    claims = [(t.user_attrs["promotes"], t.user_attrs["rung"]) for t in promoted]
+    assert len(claims) == len(set(claims))
+    parent, _ = _mlflow(root, "ray-mf")
+    assert parent.info.status == "FINISHED"
+
+
 def test_a_failing_ray_trial_ends_fail_with_its_reason(cluster, root):
     diverging = tiny_config(root, lr=1e30, grad_clip=1e30)
     study = run_ray_search(

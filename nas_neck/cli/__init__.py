@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from nas_neck.cli import data, export, pareto, search, show, spaces, train, worker
+from nas_neck.cli import confirm, data, export, pareto, search, show, spaces, train, worker
 from nas_neck.cli.console import setup_logging
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command()(spaces.spaces)
 app.command()(show.show)
 app.command()(train.train)
 app.command()(search.search)
+app.command()(confirm.confirm)
 app.command()(worker.worker)
 app.command()(pareto.pareto)
 app.command()(export.export)

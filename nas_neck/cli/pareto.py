@@ -15,6 +15,7 @@ from rich.table import Table
 from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
+from nas_neck.fidelity import Fidelity
 from nas_neck.metrics import (
     ACCURACY_METRICS,
     COST_COLUMNS,
@@ -24,8 +25,18 @@ from nas_neck.metrics import (
     finite,
 )
 from nas_neck.pareto import REF_MARGIN, ParetoReport, log_to_mlflow, write_report
-from nas_neck.pareto.trials import gather, resolve_axes
+from nas_neck.pareto.trials import fidelities, gather, resolve_axes
 from nas_neck.search.study import DEFAULT_STORAGE, load_existing_study
+
+
+def _fidelity(option: str, value: str | None) -> None:
+    if value is not None:
+        try:
+            Fidelity.parse(value)
+        except ValueError:
+            raise checks.OptionError(
+                option, "eN or confirmed-eN (e.g. e3, confirmed-e9)", value
+            ) from None
 
 
 @friendly
@@ -50,6 +61,11 @@ def pareto(
     max_latency_ms: Annotated[float | None, checks.POSITIVE] = typer.Option(
         None, help="Pick the most accurate trial at most this slow, and draw the budget."
     ),
+    fidelity: Annotated[str | None, checks.Rule(_fidelity)] = typer.Option(
+        None,
+        help="Results to draw: e3 (3 epochs), confirmed-e9, ... (default: the confirmed ones if "
+        "any, else the most-trained fidelity with at least 3 trials).",
+    ),
     out: Path | None = typer.Option(None, help="Output folder (default: runs/<study>)."),
     tracking_uri: str | None = typer.Option(
         None, help="Also log the files to the study's MLflow parent run at this URI."
@@ -62,9 +78,18 @@ def pareto(
         check_reachable(tracking_uri)  # before the report, not after minutes of retries
     main = load_existing_study(study, storage)
     others = [load_existing_study(name, storage) for name in _names(compare) if name != study]
-    report = write_report(main, out or Path("runs") / study, x, y, others, max_latency_ms)
+    chosen = Fidelity.parse(fidelity) if fidelity else None
+    report = write_report(
+        main, out or Path("runs") / study, x, y, others, max_latency_ms, fidelity=chosen
+    )
     x, y = report.x, report.y
-    console.print(front_table(main, x, y, report.picks.labels()))
+    console.print(front_table(main, x, y, report.picks.labels(), chosen))
+    if len(have := fidelities(main)) > 1:
+        console.print(
+            "fidelities in this study (trained trials): "
+            + ", ".join(f"{f.key} ({n})" for f, n in sorted(have.items()))
+            + "; a front never mixes them (--fidelity picks one)"
+        )
     ref_x, ref_y = report.ref
     unit = COST_UNITS[x]
     console.print(
@@ -107,15 +132,19 @@ def front_table(
     x: str | None = None,
     y: str | None = None,
     picks: Mapping[int, Sequence[str]] | None = None,
+    fidelity: Fidelity | None = None,
 ) -> Table:
-    """The study's Pareto front over (x cost, y accuracy; default: its own objectives), cheapest
-    first: accuracy, every cost, what a trial was picked as (`picks`: trial number -> labels; no
-    column without), and its architecture. Shared by `nas-neck search` and `nas-neck pareto`."""
+    """The study's Pareto front over (x cost, y accuracy; default: its own objectives) at one
+    fidelity (default: the report's), cheapest first: accuracy (mean ± sd when confirmed), every
+    cost, what a trial was picked as (`picks`: trial number -> labels; no column without), and its
+    architecture. Shared by `nas-neck search` and `nas-neck pareto`."""
     x, y = resolve_axes(study, x, y)
-    data = gather(study, x, y)
+    data = gather(study, x, y, fidelity)
+    at = f" at {data.fidelity.label}" if data.fidelity else ""
+    what = "architectures" if data.sd is not None else "complete trials"
     table = Table(
-        title=f"Pareto front of {study.study_name}: {y} vs {x}, "
-        f"{len(data.front)} of {len(data.trials)} complete trials"
+        title=f"Pareto front of {study.study_name}{at}: {y} vs {x}, "
+        f"{len(data.front)} of {len(data.trials)} {what}"
     )
     for col in ("trial", y, *(label for _, label, _ in COST_COLUMNS)):
         table.add_column(col, justify="right", no_wrap=True)
@@ -132,13 +161,41 @@ def front_table(
             for k, _, fmt in COST_COLUMNS
         ]
         picked = [] if picks is None else [", ".join(picks.get(t.number, []))]
+        value = f"{data.xy[i, 1]:.4f}"
+        if data.sd is not None and data.seeds is not None:
+            value += f" ± {data.sd[i]:.4f} ({data.seeds[i]} seeds)"
         table.add_row(
             str(t.number),
-            f"{a.get(y, 0.0):.4f}",
+            value,
             *costs,
             *picked,
             kind,
             escape(a.get("summary", "")),
+        )
+    return table
+
+
+def confirmed_table(study: optuna.Study) -> Table:
+    """Every confirmed architecture, cheapest first: mean ± sd over seeds, and which trial of the
+    search it confirms (`nas-neck confirm`, `search --confirm`)."""
+    from nas_neck.search.confirm import confirmed
+
+    rows = confirmed(study)
+    x, y = resolve_axes(study, None, None)
+    table = Table(title=f"confirmed: {len(rows)} architectures of {study.study_name}")
+    for col in ("trial", "confirms", f"{y} mean", "sd", "seeds", COST_UNITS[x], "kind"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("architecture", ratio=1)
+    for r in rows:
+        table.add_row(
+            str(r.trial),
+            str(r.source),
+            f"{r.mean:.4f}",
+            f"{r.sd:.4f}",
+            str(r.seeds),
+            f"{r.cost:.4g}",
+            f"[bold]{escape(r.baseline)}[/]" if r.baseline else "searched",
+            escape(r.summary),
         )
     return table
 

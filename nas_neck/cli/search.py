@@ -17,6 +17,7 @@ from nas_neck.dsl import load_space
 from nas_neck.errors import NasNeckError
 from nas_neck.metrics import ACCURACY_METRICS, COST_METRICS
 from nas_neck.search.probe import check_ray_address
+from nas_neck.search.rungs import Rungs
 from nas_neck.search.settings import SearchSettings, baseline_names
 from nas_neck.search.study import SAMPLERS, Objectives, make_storage
 from nas_neck.search.tracking import check_reachable
@@ -24,10 +25,16 @@ from nas_neck.search.tracking import check_reachable
 _S = SearchSettings()  # the defaults of every search option
 BACKENDS = ("local", "ray")
 _RAY_ONLY = ("ray_address", "cpus_per_trial", "gpus_per_trial", "max_concurrent")
+UNLIMITED = 1_000_000  # --trials with --budget-minutes and no --trials: the budget decides
 
 
 def _objectives(option: str, value: str) -> None:
     Objectives.parse(value)  # its error names --objectives
+
+
+def _rungs(option: str, value: str | None) -> None:
+    if value is not None:
+        Rungs.parse(value)  # its error names --rungs
 
 
 def _baselines(option: str, value: str) -> None:
@@ -47,7 +54,9 @@ def search(
         help="Search space: a YAML file or a shipped name (nas-neck spaces lists them).",
     ),
     trials: Annotated[int, checks.like(SearchSettings, "trials")] = typer.Option(
-        _S.trials, help="Trials to finish (baselines included); rerunning resumes."
+        _S.trials,
+        help="Candidates to finish (baselines included; promotions and confirmation runs come on "
+        "top); rerunning resumes. With --budget-minutes the default is no limit.",
     ),
     objectives: Annotated[str, checks.Rule(_objectives)] = typer.Option(
         f"{_S.accuracy},{_S.cost}",
@@ -65,6 +74,30 @@ def search(
     baselines: Annotated[str, checks.Rule(_baselines)] = typer.Option(
         ",".join(_S.baselines),
         help="Shipped fixed architectures evaluated with the same budget ('' for none).",
+    ),
+    rungs: Annotated[str | None, checks.Rule(_rungs)] = typer.Option(
+        None,
+        help="Multi-fidelity search: epochs of each rung, e.g. 1,3,9; candidates train the first "
+        "rung's epochs and the best 1/eta of a rung (by Pareto rank) continue to the next.",
+    ),
+    eta: Annotated[int, checks.like(SearchSettings, "eta")] = typer.Option(
+        _S.eta, help="With --rungs: reduction factor (the best 1/eta of a rung are promoted)."
+    ),
+    budget_minutes: Annotated[float | None, checks.POSITIVE] = typer.Option(
+        None,
+        help="Wall-clock budget of the search (confirmation not included): work that would not "
+        "fit is not started; the search then reports.",
+    ),
+    confirm: Annotated[int, checks.like(SearchSettings, "confirm")] = typer.Option(
+        _S.confirm,
+        help="At the end, retrain the top K of the front and the baselines from scratch "
+        "(--confirm-epochs, --confirm-seeds) and report mean ± sd; 0: no confirmation.",
+    ),
+    confirm_epochs: Annotated[int, checks.like(SearchSettings, "confirm_epochs")] = typer.Option(
+        _S.confirm_epochs, help="With --confirm: epochs of each confirmation run."
+    ),
+    confirm_seeds: Annotated[int, checks.like(SearchSettings, "confirm_seeds")] = typer.Option(
+        _S.confirm_seeds, help="With --confirm: training seeds per architecture."
     ),
     out: Path = typer.Option(_S.out_dir, help="Folder for checkpoints and plots."),
     data: opt.Data = None,
@@ -98,15 +131,26 @@ def search(
     ),
 ) -> None:
     """Multi-objective neck search (accuracy vs cost) with Optuna, tracked in MLflow; locally or on Ray."""
-    from nas_neck.cli.pareto import front_table
+    from nas_neck.cli.pareto import confirmed_table, front_table
     from nas_neck.proxy import ProxyTask
     from nas_neck.search.progress import SearchProgress
     from nas_neck.search.runner import run_search
 
-    given = [n for n in _RAY_ONLY if getattr(ctx.get_parameter_source(n), "name", "") != "DEFAULT"]
+    given = [n for n in _RAY_ONLY if not _default(ctx, n)]
     if backend != "ray" and given:
         names = ", ".join("--" + n.replace("_", "-") for n in given)
         raise NasNeckError(f"{names} only matter with --backend ray")
+    if backend == "ray" and confirm:
+        raise NasNeckError(
+            "--confirm runs with --backend local; confirm a Ray search afterwards with "
+            "`nas-neck confirm --study NAME` (its runs go to `nas-neck worker`s too)"
+        )
+    if rungs and epochs is not None:
+        raise NasNeckError(
+            "--epochs and --rungs: with --rungs a candidate trains the first rung's epochs"
+        )
+    if budget_minutes is not None and _default(ctx, "trials"):
+        trials = UNLIMITED
     acc, _, cost = objectives.partition(",")
     settings = SearchSettings(
         space=space,
@@ -121,6 +165,12 @@ def search(
         seed=seed,
         baselines=[b.strip() for b in baselines.split(",") if b.strip()],
         out_dir=out,
+        rungs=list(Rungs.parse(rungs, eta).epochs) if rungs else None,
+        eta=eta,
+        budget_minutes=budget_minutes,
+        confirm=confirm,
+        confirm_epochs=confirm_epochs,
+        confirm_seeds=confirm_seeds,
     )
     load_space(space)
     config = opt.proxy_from(ctx.params)
@@ -136,7 +186,9 @@ def search(
             )
         else:
             proxy = ProxyTask(config)
-            with SearchProgress(console, settings.trials, config.train.epochs) as progress:
+            total = None if settings.trials == UNLIMITED else settings.trials
+            first = settings.rungs[0] if settings.rungs else config.train.epochs
+            with SearchProgress(console, total, first) as progress:
                 study_ = run_search(settings, proxy, progress.hooks, progress.on_trial_end)
     except KeyboardInterrupt:  # the progress display has stopped (its `with` ended)
         console.print(
@@ -144,9 +196,16 @@ def search(
         )
         raise typer.Exit(130) from None
     console.print(front_table(study_))
+    if confirm:
+        console.print(confirmed_table(study_))
     console.print(
         f"study [bold]{study_.study_name}[/] in {storage}; MLflow: mlflow ui --backend-store-uri {tracking_uri}"
     )
+
+
+def _default(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was left at its default."""
+    return getattr(ctx.get_parameter_source(name), "name", "") == "DEFAULT"
 
 
 def _ray_search(
@@ -167,7 +226,8 @@ def _ray_search(
     console.print(
         f"running trials on {where}: {cpus_per_trial} CPU(s), {gpus_per_trial:g} GPU(s) each"
     )
-    with SearchProgress(console, settings.trials) as progress:
+    total = None if settings.trials == UNLIMITED else settings.trials
+    with SearchProgress(console, total) as progress:
         return run_ray_search(
             settings,
             proxy_config,

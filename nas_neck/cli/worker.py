@@ -67,6 +67,10 @@ def _trial_line(trial: optuna.trial.FrozenTrial, names: list[str]) -> str:
         return f"{head}: {escape(str(a.get('fail_reason', 'interrupted')))}"
     values = "  ".join(f"{n} {v:.4g}" for n, v in zip(names, trial.values or [], strict=False))
     note = f" (duplicate of {a['duplicate_of']})" if "duplicate_of" in a else ""
+    if "promotes" in a:
+        note += f" [rung {a['rung']}: {a['epochs']} epochs, continues trial {a['resumes']}]"
+    elif a.get("role") == "confirm":
+        note += f" [confirms trial {a['confirm_of']}: seed {a['seed']}, {a['epochs']} epochs]"
     return f"{head}  {values}  {a.get('arch_hash', '')} {escape(str(a.get('summary', '')))}{note}"
 
 

@@ -92,8 +92,16 @@ def train(
     config: TrainConfig,
     device: torch.device,
     on_epoch: Callable[[int, float], None] | None = None,
+    start_epoch: int = 0,
 ) -> TrainResult:
-    """Train `model` on `cache` (a `FeatureCache` split) for `config.epochs`; per-epoch mean losses."""
+    """Train `model` on `cache` (a `FeatureCache` split) for `config.epochs`; per-epoch mean losses.
+
+    `start_epoch` continues a model already trained that many epochs (a promotion in a
+    multi-fidelity search): the data order picks up where it stopped (epoch e always sees the e-th
+    permutation of the seed's stream), and these epochs get a schedule of their own (a fresh
+    AdamW, warm-up, cosine decay to 5 %: a warm restart), so the result is the same however the
+    earlier epochs were run, and deterministic given the seed.
+    """
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     model.to(device).train()
@@ -116,6 +124,8 @@ def train(
     )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     order = torch.Generator().manual_seed(config.seed)
+    for _ in range(start_epoch):  # the permutations of the epochs already trained
+        torch.randperm(n, generator=order)
     losses: list[float] = []
     parts: dict[str, list[float]] = {"loss_cls": [], "loss_box": []}
     start, step = time.perf_counter(), 0

@@ -75,3 +75,51 @@ def knee(points: np.ndarray) -> int:
     score = v - u
     ties = np.flatnonzero(score >= score.max() - 1e-12)
     return int(ties[np.argmin(p[ties, 0])])
+
+
+def nondominated_ranks(points: np.ndarray) -> np.ndarray:
+    """Non-dominated sorting (x minimized, y maximized): rank 0 is the front, rank 1 the front of
+    what remains, and so on. Non-finite rows get the last rank + 1."""
+    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    ranks = np.full(len(p), -1, dtype=int)
+    left = np.flatnonzero(np.isfinite(p).all(axis=1))
+    rank = 0
+    while left.size:
+        on = left[front(p[left])]
+        ranks[on] = rank
+        left = np.setdiff1d(left, on)
+        rank += 1
+    ranks[ranks < 0] = rank
+    return ranks
+
+
+def crowding_distance(points: np.ndarray) -> np.ndarray:
+    """NSGA-II's crowding distance of each row among `points` (one front): the sum over both axes
+    of the normalised gap between its neighbours; the extremes of either axis get infinity, so a
+    tie-break by it keeps the front spread out."""
+    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    n = len(p)
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for axis in range(2):
+        order = np.argsort(p[:, axis], kind="stable")
+        span = p[order[-1], axis] - p[order[0], axis]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            gaps = (p[order[2:], axis] - p[order[:-2], axis]) / span
+            dist[order[1:-1]] += gaps
+    return dist
+
+
+def rank_for_promotion(points: np.ndarray) -> np.ndarray:
+    """Row indices of `points` best first, as MO-ASHA promotes: by non-dominated rank, ties within
+    a rank by crowding distance (largest first, so the front's extremes and sparse parts go
+    first), then by row order."""
+    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    ranks = nondominated_ranks(p)
+    crowd = np.zeros(len(p))
+    for r in np.unique(ranks):
+        members = np.flatnonzero(ranks == r)
+        crowd[members] = crowding_distance(p[members])
+    return np.lexsort((np.arange(len(p)), -crowd, ranks))

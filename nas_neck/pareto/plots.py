@@ -99,7 +99,13 @@ class PlotView:
         main = self.sets[0]
         if self.several:
             return "Pareto fronts: " + " vs ".join(d.name for d in self.sets)
-        return f"{main.name}: {len(main.trials)} trials, {len(main.front)} on the Pareto front"
+        at = f" at {main.fidelity.label}" if main.fidelity else ""
+        if main.sd is not None:
+            at += " (mean ± sd over seeds)"
+        return (
+            f"{main.name}{at}: {len(main.trials)} {'architectures' if main.sd is not None else 'trials'}, "
+            f"{len(main.front)} on the Pareto front"
+        )
 
     def subtitle(self) -> str:
         hv = ", ".join(
@@ -156,6 +162,18 @@ def plot_png(view: PlotView, path: Path) -> Path:
                 linewidths=0.8,
                 label=f"baseline{suffix}",
                 zorder=4,
+            )
+        if d.sd is not None:
+            ok = np.flatnonzero(d.feasible)
+            ax.errorbar(
+                *d.xy[ok].T,
+                yerr=d.sd[ok],
+                fmt="none",
+                ecolor=color,
+                elinewidth=1.0,
+                capsize=3,
+                alpha=0.8,
+                zorder=2,
             )
         if d.front.size:
             ax.step(
@@ -251,10 +269,16 @@ def plot_html(view: PlotView, path: Path) -> Path:
             if not idx.size:
                 continue
             text = [d.baseline[i] for i in idx]
+            error = (
+                dict(type="data", array=d.sd[idx].tolist(), visible=True)
+                if d.sd is not None
+                else None
+            )
             fig.add_trace(
                 go.Scatter(
                     x=d.xy[idx, 0].tolist(),
                     y=d.xy[idx, 1].tolist(),
+                    error_y=error,
                     name=name + suffix,
                     marker=marker,
                     mode="markers+text" if any(text) else "markers",

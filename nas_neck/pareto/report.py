@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 
 from nas_neck.errors import NasNeckError
+from nas_neck.fidelity import Fidelity
 from nas_neck.metrics import ACCURACY_METRICS, finite
 from nas_neck.pareto.front import reference_point
 from nas_neck.pareto.plots import PlotView, plot_html, plot_png
@@ -97,6 +98,7 @@ class ParetoReport:
     baselines: Baselines
     counts: Counts
     studies: dict[str, StudyFront]  # every study of the report, the main one first
+    fidelity: Fidelity | None = None  # of the main study's front (None: it has one fidelity)
 
     @property
     def tag(self) -> str:
@@ -115,11 +117,14 @@ def write_report(
     y: str | None = None,
     compare: Sequence[optuna.Study] = (),
     max_latency_ms: float | None = None,
+    fidelity: Fidelity | None = None,
 ) -> ParetoReport:
     """Write `pareto-<y>-<x>.png`, `.html` (self-contained) and `.csv` (the front) to `out_dir`;
-    x and y default to the study's own objectives, `compare` studies are drawn beside it."""
+    x and y default to the study's own objectives, `compare` studies are drawn beside it (each
+    at its own report fidelity); the main study at `fidelity` (default: its report fidelity,
+    `nas_neck.pareto.trials.report_fidelity`)."""
     x, y = resolve_axes(study, x, y)
-    sets = [gather(s, x, y) for s in (study, *compare)]
+    sets = [gather(study, x, y, fidelity), *(gather(s, x, y) for s in compare)]
     feasible_xy = np.concatenate([d.xy[d.feasible] for d in sets])
     ref = reference_point(feasible_xy) if len(feasible_xy) else (float("nan"), 0.0)
     main = sets[0]
@@ -148,6 +153,7 @@ def write_report(
             failed=main.failed,
         ),
         studies={d.name: StudyFront(d.hypervolume(ref), d.front_numbers) for d in sets},
+        fidelity=main.fidelity,
     )
     log.debug(
         "Pareto report of %s: %d front trials, hypervolume %.4g; wrote %s, %s, %s",
@@ -203,17 +209,27 @@ def _write_csv(data: TrialSet, knee_i: int | None, best_i: int | None, path: Pat
     """The front as CSV, cheapest first, with every recorded metric and the picks marked."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial", "baseline", "arch_hash", *_CSV_ATTRS, "pick", "summary"])
+        spread = ["y_mean", "y_sd", "seeds"] if data.sd is not None else []
+        w.writerow(
+            ["trial", "baseline", "arch_hash", *_CSV_ATTRS, "fidelity", *spread, "pick", "summary"]
+        )
         for i in data.front:
             a = data.trials[i].user_attrs
             pick = "/".join(k for k, at in (("knee", knee_i), ("best", best_i)) if at == i)
             values = ("" if (v := finite(a.get(k))) is None else f"{v:.6g}" for k in _CSV_ATTRS)
+            extra = (
+                [f"{data.xy[i, 1]:.6g}", f"{data.sd[i]:.6g}", int(data.seeds[i])]
+                if data.sd is not None and data.seeds is not None
+                else []
+            )
             w.writerow(
                 [
                     data.trials[i].number,
                     data.baseline[i],
                     a.get("arch_hash", ""),
                     *values,
+                    data.fidelity.key if data.fidelity else "",
+                    *extra,
                     pick,
                     a.get("summary", ""),
                 ]

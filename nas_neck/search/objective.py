@@ -18,13 +18,24 @@ import optuna
 from optuna.trial import TrialState
 
 from nas_neck.dsl import Architecture, OptunaSampler, SearchSpace, load_architecture
+from nas_neck.errors import CheckpointError
+from nas_neck.fidelity import (
+    CONFIRM_OF,
+    EPOCHS,
+    PROMOTES,
+    RESUMES,
+    ROLE,
+    RUNG,
+    SEED,
+    fidelity_of,
+)
 from nas_neck.metrics import cost_attr
 from nas_neck.search.settings import SearchSettings
 from nas_neck.search.study import Objectives, fail_stale_trials
 from nas_neck.search.tracking import Tracker
 
 if TYPE_CHECKING:
-    from nas_neck.proxy import ProxyTask
+    from nas_neck.proxy import Outcome, ProxyTask
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +50,15 @@ _NOT_INHERITED = (
     "heartbeat",
     "worker",
     "retry_of",
+    EPOCHS,
+    RUNG,
+    PROMOTES,
+    RESUMES,
+    ROLE,
+    CONFIRM_OF,
+    SEED,
 )
+_FIDELITY_TAGS = (EPOCHS, RUNG, PROMOTES, RESUMES, ROLE, CONFIRM_OF, SEED)
 _NOT_PARAMS = ("checkpoint",)  # a path, not a setting
 
 
@@ -64,6 +83,7 @@ class Objective:
     max_latency_ms: float | None = None
     out_dir: Path = Path("runs")
     hooks: Hooks = field(default_factory=Hooks)
+    epochs: int | None = None  # a fresh candidate's epochs (the first rung's); None: the proxy's
 
     @classmethod
     def for_search(
@@ -85,11 +105,17 @@ class Objective:
             settings.max_latency_ms,
             settings.out_dir,
             hooks or Hooks(),
+            settings.rungs[0] if settings.rungs else None,
         )
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         arch = trial_architecture(self.space, trial)
         digest = arch.hash
+        attrs = trial.user_attrs
+        if EPOCHS not in attrs:  # a fresh candidate (promotions and confirmations are queued so)
+            trial.set_user_attr(EPOCHS, self.epochs or self.proxy.config.train.epochs)
+            if self.epochs is not None:
+                trial.set_user_attr(RUNG, 0)
         trial.set_user_attr("arch_hash", digest)
         trial.set_user_attr("arch", arch.to_dict())
         trial.set_user_attr("summary", arch.short())
@@ -97,7 +123,11 @@ class Objective:
         run_id = self.tracker.trial_run(
             self.parent_run_id,
             trial.number,
-            tags={"arch_hash": digest, "baseline": trial.user_attrs.get("baseline", "")},
+            tags={
+                "arch_hash": digest,
+                "baseline": trial.user_attrs.get("baseline", ""),
+                **{k: trial.user_attrs[k] for k in _FIDELITY_TAGS if k in trial.user_attrs},
+            },
         )
         trial.set_user_attr("mlflow_run_id", run_id)
         self.tracker.set_tags(
@@ -126,7 +156,11 @@ class Objective:
         original = self._find_original(trial, digest)
         if original is not None:
             return self._reuse(trial, original, run_id)
-        cost = self.proxy.cost(arch)
+        source = _source_trial(trial)
+        if source is None:
+            cost = self.proxy.cost(arch)
+        else:  # a promotion or a confirmation: the same neck, measured once already
+            cost = {k: v for k, v in source.user_attrs.items() if _is_cost(k)}
         self._record(trial, run_id, cost)
         cost_value = cost[cost_attr(self.objectives.cost)]
         if self.max_latency_ms is not None:
@@ -142,7 +176,7 @@ class Objective:
                     self.max_latency_ms,
                 )
                 return 0.0, cost_value
-        outcome = self.proxy.run(arch, on_epoch=lambda e, n, loss: self.hooks.epoch(e, n, loss))
+        outcome = self._train(trial, arch, source)
         values = {**outcome.metrics, **outcome.timings, "precision": outcome.precision}
         self._record(trial, run_id, values)
         self.tracker.log_series(run_id, "train_loss", outcome.losses)
@@ -153,6 +187,31 @@ class Objective:
         trial.set_user_attr("checkpoint", str(ckpt.resolve()))
         self.tracker.log_artifact(run_id, ckpt, "checkpoint")
         return outcome.metrics[self.objectives.accuracy], cost_value
+
+    def _train(
+        self, trial: optuna.Trial, arch: Architecture, source: optuna.trial.FrozenTrial | None
+    ) -> Outcome:
+        """Train as the trial says: a fresh candidate for its epochs; a promotion continues the
+        checkpoint of the rung below; a confirmation run trains from scratch with its seed."""
+        attrs = trial.user_attrs
+        epochs = int(attrs[EPOCHS])
+
+        def on_epoch(e: int, n: int, loss: float) -> None:
+            self.hooks.epoch(e, n, loss)
+
+        if source is not None and PROMOTES in attrs:
+            done = int(source.user_attrs[EPOCHS])
+            checkpoint = source.user_attrs.get("checkpoint")
+            if not checkpoint:
+                raise CheckpointError(f"trial {source.number} left no checkpoint to continue")
+            return self.proxy.run(
+                arch,
+                on_epoch,
+                epochs=epochs - done,
+                resume=Path(checkpoint),
+                start_epoch=done,
+            )
+        return self.proxy.run(arch, on_epoch, epochs=epochs, seed=attrs.get(SEED))
 
     def _record(self, trial: optuna.Trial, run_id: str, values: dict[str, Any]) -> None:
         """Values as trial user attrs, and in MLflow: numbers as metrics, names (precision,
@@ -173,12 +232,14 @@ class Objective:
         start = time.monotonic()
         while True:
             trials = trial.study.get_trials(deepcopy=False)
+            mine = self._fidelity_key(trial.user_attrs)
             same = [
                 t
                 for t in trials
                 if t.number != trial.number
                 and t.user_attrs.get("arch_hash") == digest
                 and "duplicate_of" not in t.user_attrs
+                and self._fidelity_key(t.user_attrs) == mine
             ]
             done = [t for t in same if t.state == TrialState.COMPLETE]
             if done:
@@ -196,6 +257,11 @@ class Objective:
                 return None
             time.sleep(_DUPLICATE_POLL_S)
             fail_stale_trials(trial.study, self.tracker.end_stale)
+
+    def _fidelity_key(self, attrs: dict[str, Any]) -> tuple[object, ...]:
+        """What must match besides the architecture for one result to stand for another."""
+        f = fidelity_of(attrs, self.proxy.config.train.epochs)
+        return f.confirmed, f.epochs, attrs.get(SEED)
 
     def _reuse(
         self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, run_id: str
@@ -221,10 +287,28 @@ def trial_architecture(space: SearchSpace, trial: optuna.Trial) -> Architecture:
     """The trial's architecture: its baseline's (user attr `baseline`, a shipped fixed space),
     else sampled from `space` through the trial (a trial that already holds the parameters gets
     them back)."""
+    source = _source_trial(trial)
+    if source is not None:
+        return SearchSpace.from_dict(
+            source.user_attrs["arch"], source=f"trial {source.number}"
+        ).sample()
     baseline = trial.user_attrs.get("baseline")
     if baseline:
         return load_architecture(baseline)
     return space.sample(OptunaSampler(trial))
+
+
+def _source_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """The trial a promotion continues or a confirmation retrains (None for a fresh one)."""
+    number = trial.user_attrs.get(RESUMES, trial.user_attrs.get(CONFIRM_OF))
+    if number is None:
+        return None
+    return trial.study.get_trials(deepcopy=False)[int(number)]
+
+
+def _is_cost(key: str) -> bool:
+    """A user attr `ProxyTask.cost` wrote (what a promotion or confirmation copies)."""
+    return key.startswith("latency_") or key in ("gflops", "mparams")
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""Terminal progress of a search: trials done / N with ETA, and the current trial's epochs (when
-trials run in this process)."""
+"""Terminal progress of a search: candidates done / N with ETA (and how many promotions and
+confirmation runs ran besides), and the current trial's epochs (when trials run in this
+process)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from rich.progress import (
 )
 
 from nas_neck.dsl import Architecture
+from nas_neck.fidelity import CONFIRM, PROMOTES, ROLE
 from nas_neck.search.objective import Hooks
-from nas_neck.search.study import finished_count
+from nas_neck.search.study import counted, finished_count
 
 
 class SearchProgress:
@@ -27,7 +29,7 @@ class SearchProgress:
     Without `epochs` (trials run elsewhere, e.g. as Ray tasks) only the trials bar is shown.
     """
 
-    def __init__(self, console: Console, trials: int, epochs: int | None = None) -> None:
+    def __init__(self, console: Console, trials: int | None, epochs: int | None = None) -> None:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -37,7 +39,7 @@ class SearchProgress:
             TimeRemainingColumn(),
             console=console,
         )
-        self._trials = self._progress.add_task("trials", total=trials)
+        self._trials = self._progress.add_task("candidates", total=trials)
         self._epochs = (
             None if epochs is None else self._progress.add_task("  waiting", total=epochs)
         )
@@ -74,5 +76,16 @@ class SearchProgress:
         self.count(study)
 
     def count(self, study: optuna.Study) -> None:
-        """Show the study's finished trials (in every process) as done."""
-        self._progress.update(self._trials, completed=finished_count(study))
+        """Show the study's finished candidates (in every process) as done, and the other trials
+        (promotions, confirmation runs) beside."""
+        trials = study.get_trials(deepcopy=False)
+        promoted = sum(PROMOTES in t.user_attrs and counted(t) for t in trials)
+        confirms = sum(t.user_attrs.get(ROLE) == CONFIRM and counted(t) for t in trials)
+        extra = [f"{promoted} promoted"] * bool(promoted) + [f"{confirms} confirm runs"] * bool(
+            confirms
+        )
+        self._progress.update(
+            self._trials,
+            completed=finished_count(study),
+            description="candidates" + (f" ({', '.join(extra)})" if extra else ""),
+        )

@@ -31,6 +31,7 @@ import torch
 from optuna.trial import TrialState
 from ray import tune
 from ray.exceptions import AuthenticationError
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from nas_neck.config import ProxyConfig
@@ -41,6 +42,7 @@ from nas_neck.metrics import finite
 from nas_neck.proxy import ProxyTask
 from nas_neck.search.objective import Objective, trial_architecture
 from nas_neck.search.probe import check_ray_address
+from nas_neck.search.rungs import Budget, Step, next_step
 from nas_neck.search.session import prepare_study
 from nas_neck.search.settings import SearchSettings, shared
 from nas_neck.search.study import Heartbeat, make_sampler, make_storage
@@ -95,24 +97,43 @@ def run_ray_search(
                 "parent": session.parent,
                 "threads": cpus_per_trial,
             }
-            # One `Tuner.fit()` a round, of the trials still to claim (at most 3 rounds: trials
-            # that fail without a reason run again); the session waits for trials of workers.
-            for todo in session.slots(settings.trials, rounds=3):
+            if settings.rungs or settings.budget_minutes is not None:
+                # One open-ended `Tuner.fit()`: before each Tune trial the searcher decides, as a
+                # local search does, between a queued trial, a promotion and a fresh candidate.
+                budget = Budget(settings.budget_minutes)
                 _tune(
                     session.study,
                     sampler,
                     job,
-                    todo,
+                    -1,
                     cpus_per_trial,
                     gpus_per_trial,
                     concurrency,
                     session.tracker,
                     on_trial_end,
+                    decide=lambda: next_step(
+                        session.study, settings.schedule, settings.trials, budget
+                    ),
                 )
+            else:
+                # One `Tuner.fit()` a round, of the trials still to claim (at most 3 rounds:
+                # trials that fail without a reason run again); the session waits for workers'.
+                for todo in session.slots(settings.trials, rounds=3):
+                    _tune(
+                        session.study,
+                        sampler,
+                        job,
+                        todo,
+                        cpus_per_trial,
+                        gpus_per_trial,
+                        concurrency,
+                        session.tracker,
+                        on_trial_end,
+                    )
     finally:
         if started:
             ray.shutdown()
-    session.finish()
+    session.finish(ended=True)
     return session.study
 
 
@@ -134,6 +155,22 @@ class _StudySearch(OptunaSearch):
         )
         super().on_trial_complete(trial_id, None if failed else result, error=error or failed)
 
+    def __init__(self, *args: Any, decide: Callable[[], Step] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._decide = decide
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """With a `decide` (multi-fidelity or budgeted search): FINISHED when it says `done`,
+        nothing yet (Tune asks again) when it says `wait`, else the next trial, which a queued
+        promotion is when `decide` queued one."""
+        if self._decide is not None:
+            step = self._decide()
+            if step == "done":
+                return Searcher.FINISHED
+            if step == "wait":
+                return None
+        return super().suggest(trial_id)
+
     def save(self, checkpoint_path: str) -> None:
         pass
 
@@ -148,8 +185,9 @@ def _tune(
     concurrency: int,
     tracker: Tracker,
     on_trial_end: Callable[[optuna.Study], None] | None,
+    decide: Callable[[], Step] | None = None,
 ) -> None:
-    """One `Tuner.fit()` of `samples` trials."""
+    """One `Tuner.fit()` of `samples` trials (-1: until `decide` says `done`)."""
     settings = SearchSettings(**job["settings"])
     ask = _Ask(job["space"])
     searcher = _StudySearch(
@@ -159,6 +197,7 @@ def _tune(
         sampler=sampler,
         study_name=study.study_name,
         storage=make_storage(settings.storage),
+        decide=decide,
     )
     callbacks = [_TrialEnd(lambda: on_trial_end(study))] if on_trial_end else []
     tuner = tune.Tuner(

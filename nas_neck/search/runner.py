@@ -19,7 +19,9 @@ def run_search(
     hooks: Hooks | None = None,
     on_trial_end: TrialEnd | None = None,
 ) -> optuna.Study:
-    """Optimize until `settings.trials` trials count (complete, or failed with a reason).
+    """Optimize until `settings.trials` candidates count (complete, or failed with a reason),
+    nothing is left to promote, or `settings.budget_minutes` would be overrun; then confirm the
+    top of the front when `settings.confirm` asks, and write the report.
 
     Other processes (`nas-neck worker`) may work on the same study: their running trials count
     toward N, and the search waits for them before writing the report.
@@ -29,11 +31,10 @@ def run_search(
     objective = Objective.for_search(settings, space, proxy, session.tracker, session.parent, hooks)
     # A resumed study starts where it stopped.
     objective.hooks.search_start(finished_count(session.study))
+    run = trial_function(objective)
     with session.interruptible():
-        session.optimize(
-            trial_function(objective),
-            settings.trials,
-            on_trial_end=on_trial_end,
-        )
-    session.finish()
+        session.optimize(run, settings.trials, on_trial_end=on_trial_end)
+        if settings.confirm:
+            session.confirm(run, on_trial_end=on_trial_end)
+    session.finish(ended=True)
     return session.study

@@ -2,8 +2,11 @@
 
 `prepare_study` opens or resumes the study and its MLflow parent run, queues the baselines and
 stores in the study what other processes need to join it (`join_study`). A `Session` then runs
-trials until N count (`slots` is the one run-until-N loop), and `Session.finish` writes the
-report at the end: front trials tagged in MLflow, the Pareto plots written and logged.
+trials: `optimize` one at a time, deciding before each what to run (a queued trial, a
+promotion of a multi-fidelity search, a fresh candidate) within a wall-clock budget; `slots`
+hands a batch launcher (Ray Tune) how many to start; `confirm` retrains the top of the front
+with seeds; `finish` writes the report: front trials tagged in MLflow, the Pareto plots written
+and logged.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from nas_neck.config import ProxyConfig
 from nas_neck.dsl import find_space
 from nas_neck.errors import NasNeckError
 from nas_neck.pareto import ParetoReport, log_to_mlflow, write_report
+from nas_neck.search.confirm import (
+    Confirmed,
+    baseline_sources,
+    choose,
+    confirmed,
+    enqueue_confirmations,
+)
 from nas_neck.search.objective import Objective
+from nas_neck.search.rungs import Budget, next_step
 from nas_neck.search.settings import SearchSettings, check_baselines, parent_params, shared
 from nas_neck.search.study import (
     Heartbeat,
@@ -80,19 +91,87 @@ class Session:
         target: int,
         wait: bool = True,
         on_trial_end: TrialEnd | None = None,
+        budget: Budget | None = None,
     ) -> None:
-        """Run `func` one trial at a time until `target` trials count (at most 3 x `target`
-        attempts: trials that fail without a reason run again)."""
-        for _ in self.slots(target, 3 * target, wait):
-            try:
-                self.study.optimize(
-                    func,
-                    n_trials=1,
-                    catch=(Exception,),
-                    callbacks=[on_trial_end] if on_trial_end else None,
-                )
-            except UpdateFinishedTrialError as e:  # failed as stale meanwhile (a long stall)
-                log.warning("this process's trial was failed by another process: %s", e)
+        """Run `func` one trial at a time until `target` candidates count, nothing is left to
+        promote (with rungs), or the next piece of work would not fit the `budget` (default: the
+        settings' `budget_minutes` from now).
+
+        Before each trial it picks what to run (`nas_neck.search.rungs.next_step`): a queued trial (a baseline, a retry, a
+        promotion or confirmation queued by any process), a promotion, or a fresh candidate.
+        At most `target` + 3 trials that add nothing (failed without a reason) are tried.
+        """
+        budget = budget or Budget(self.settings.budget_minutes)
+        misses = 0
+        while misses < target + 3:
+            fail_stale_trials(self.study, self.tracker.end_stale)
+            step = next_step(self.study, self.settings.schedule, target, budget)
+            if step == "done":
+                return
+            if step == "wait":
+                if not wait:
+                    return
+                time.sleep(_WAIT_POLL_S)
+                continue
+            misses += not self._run_one(func, on_trial_end)
+
+    def _run_one(self, func: TrialFunc, on_trial_end: TrialEnd | None) -> bool:
+        """One trial (a queued one first); whether it added a trial that counts."""
+        before = _progress(self.study)
+        try:
+            self.study.optimize(
+                func,
+                n_trials=1,
+                catch=(Exception,),
+                callbacks=[on_trial_end] if on_trial_end else None,
+            )
+        except UpdateFinishedTrialError as e:  # failed as stale meanwhile (a long stall)
+            log.warning("this process's trial was failed by another process: %s", e)
+        return _progress(self.study) > before
+
+    def confirm(
+        self,
+        func: TrialFunc,
+        top: int | None = None,
+        epochs: int | None = None,
+        seeds: int | None = None,
+        on_trial_end: TrialEnd | None = None,
+    ) -> list[Confirmed]:
+        """Retrain the `top` candidates of the final front and the baselines from scratch for
+        `epochs` with training seeds 0 .. `seeds` - 1, the same for every study so confirmed
+        results compare across studies (defaults: the settings' confirm, confirm_epochs and
+        confirm_seeds), run the queue dry (other processes may help), and record the mean and sd
+        of each architecture on the MLflow parent run; returns them, cheapest first."""
+        s = self.settings
+        top, epochs, seeds = (
+            s.confirm if top is None else top,
+            s.confirm_epochs if epochs is None else epochs,
+            s.confirm_seeds if seeds is None else seeds,
+        )
+        sources = [*choose(self.study, top), *baseline_sources(self.study, s.baselines)]
+        queued = enqueue_confirmations(self.study, sources, epochs, list(range(seeds)))
+        log.info("confirming %d architectures: %d runs queued", len(sources), queued)
+        self.drain(func, on_trial_end)
+        rows = confirmed(self.study, epochs)
+        metrics: dict[str, float] = {}
+        for r in rows:
+            name = f"confirmed.trial{r.source}" + (f".{r.baseline}" if r.baseline else "")
+            metrics |= {f"{name}.{s.accuracy}_mean": r.mean, f"{name}.{s.accuracy}_sd": r.sd}
+        self.tracker.log_metrics(self.parent, metrics)
+        return rows
+
+    def drain(self, func: TrialFunc, on_trial_end: TrialEnd | None = None) -> None:
+        """Run the queued trials of the study until none waits and none runs elsewhere."""
+        misses = 0
+        while misses < 3:
+            fail_stale_trials(self.study, self.tracker.end_stale)
+            trials = self.study.get_trials(deepcopy=False)
+            if not any(t.state == TrialState.WAITING for t in trials):
+                if not any(t.state == TrialState.RUNNING for t in trials):
+                    return
+                time.sleep(_WAIT_POLL_S)
+                continue
+            misses += not self._run_one(func, on_trial_end)
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:
@@ -103,10 +182,11 @@ class Session:
             self.tracker.end(self.parent, "KILLED")
             raise
 
-    def finish(self, target: int | None = None) -> ParetoReport | None:
+    def finish(self, target: int | None = None, ended: bool = False) -> ParetoReport | None:
         """Tag front trials in MLflow, record the front on the parent run, write and log the
-        plots; end the parent run once `target` (default: the settings' N) trials count. Returns
-        the report (None without a front, e.g. when every trial failed)."""
+        plots; end the parent run once `target` (default: the settings' N) trials count, or when
+        the search `ended` (its budget spent, nothing left to promote). Returns the report (None
+        without a front, e.g. when every trial failed)."""
         study, tracker, parent = self.study, self.tracker, self.parent
         tracker.log_metrics(parent, {"trials_finished": finished_count(study)})
         report: ParetoReport | None = None
@@ -128,7 +208,7 @@ class Session:
             tracker.log_metrics(parent, {"front_size": len(front)})
             log_to_mlflow(study, report, tracker.uri)
             log.info("Pareto plots: %s, %s", report.png, report.html)
-        if finished_count(study) >= (self.settings.trials if target is None else target):
+        if ended or finished_count(study) >= (self.settings.trials if target is None else target):
             tracker.end(parent)
         return report
 
@@ -170,6 +250,11 @@ def join_study(
     tracker = Tracker(tracking_uri or settings.tracking_uri, study_name)
     session = Session(settings, study, tracker, attrs["mlflow_parent_run_id"])
     return session, ProxyConfig(**attrs["proxy"])
+
+
+def _progress(study: optuna.Study) -> int:
+    """Trials that count (candidates, promotions, confirmations): did a trial add anything?"""
+    return sum(counted(t) for t in study.get_trials(deepcopy=False))
 
 
 def trial_function(objective: Objective, worker: str | None = None) -> TrialFunc:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nas_neck.dsl import load_space, shipped_names, space_ref
 from nas_neck.errors import NasNeckError
+from nas_neck.search.rungs import Rungs
 from nas_neck.search.study import DEFAULT_STORAGE, Objectives, is_journal
 from nas_neck.search.tracking import DEFAULT_TRACKING_URI
 
@@ -45,10 +46,32 @@ class SearchSettings(BaseModel):
     seed: int = 0
     baselines: list[str] = ["fpn", "pafpn", "bifpn"]
     out_dir: Path = Path("runs")
+    # Multi-fidelity: epochs of each rung (None: every candidate trains the proxy's epochs once)
+    # and the reduction factor; see `nas_neck.search.rungs`.
+    rungs: list[int] | None = None
+    eta: int = Field(3, ge=2)
+    budget_minutes: float | None = Field(None, gt=0)  # stop launching work that would not fit
+    # Confirmation at the end: the top `confirm` of the final front and the baselines retrained
+    # from scratch for `confirm_epochs` with `confirm_seeds` seeds; see `nas_neck.search.confirm`.
+    confirm: int = Field(0, ge=0)
+    confirm_epochs: int = Field(9, ge=1)
+    confirm_seeds: int = Field(2, ge=1)
 
     @property
     def objectives(self) -> Objectives:
         return Objectives.parse(f"{self.accuracy},{self.cost}")
+
+    @field_validator("rungs")
+    @classmethod
+    def _check_rungs(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            Rungs(tuple(v))  # its error names --rungs
+        return v
+
+    @property
+    def schedule(self) -> Rungs | None:
+        """The successive-halving schedule, None for a plain search."""
+        return Rungs(tuple(self.rungs), self.eta) if self.rungs else None
 
     @property
     def study_name(self) -> str:
@@ -84,6 +107,10 @@ def parent_params(settings: SearchSettings, proxy_config: ProxyConfig) -> dict[s
         "objectives": ",".join(settings.objectives.names),
         "max_latency_ms": settings.max_latency_ms,
         "baselines": ",".join(settings.baselines),
+        "rungs": ",".join(map(str, settings.rungs)) if settings.rungs else None,
+        "eta": settings.eta if settings.rungs else None,
+        "budget_minutes": settings.budget_minutes,
+        "confirm": settings.confirm,
         **{f"proxy.{k}": v for k, v in p.items()},
         **{f"train.{k}": v for k, v in train.items()},
     }

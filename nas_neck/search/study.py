@@ -18,7 +18,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,16 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from nas_neck.errors import NasNeckError
+from nas_neck.fidelity import (
+    CONFIRM_OF,
+    EPOCHS,
+    PROMOTES,
+    RESUMES,
+    ROLE,
+    RUNG,
+    SEED,
+    is_candidate,
+)
 from nas_neck.metrics import ACCURACY_METRICS, COST_METRICS, DIRECTIONS, cost_attr
 
 log = logging.getLogger(__name__)
@@ -141,16 +151,79 @@ def _redact(url: str) -> str:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """A seeded sampler; constraints come from `trial.set_constraint` (Optuna 5)."""
+    """A seeded sampler that learns only from candidates (`CandidateSampler`); constraints come
+    from `trial.set_constraint` (Optuna 5)."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
-    raise NasNeckError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
+        base: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=5
+        )
+    elif name == "nsga2":
+        base = optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    elif name == "random":
+        base = optuna.samplers.RandomSampler(seed=seed)
+    elif name == "gp":
+        base = optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
+    else:
+        raise NasNeckError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
+    return CandidateSampler(base)
+
+
+class _CandidateView:
+    """A study as a sampler should see it: only its candidate trials (`is_candidate`)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return [t for t in trials if is_candidate(t.user_attrs)]
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy, states, use_cache=False)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class CandidateSampler(optuna.samplers.BaseSampler):
+    """A sampler that learns from one fidelity only: the wrapped sampler sees the study's
+    candidates (fresh samples and baselines at the first rung's epochs), never the promotions or
+    confirmation runs, whose values come from longer training and would read as better
+    architectures rather than more epochs."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler) -> None:
+        self.base = base
+
+    def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
+        return self.base.infer_relative_search_space(_CandidateView(study), trial)
+
+    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        return self.base.sample_relative(_CandidateView(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
+        return self.base.sample_independent(
+            _CandidateView(study), trial, param_name, param_distribution
+        )
+
+    def before_trial(self, study, trial):  # type: ignore[no-untyped-def]
+        self.base.before_trial(_CandidateView(study), trial)
+
+    def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
+        self.base.after_trial(_CandidateView(study), trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
 
 
 def open_study(
@@ -193,15 +266,17 @@ def counted(trial: FrozenTrial) -> bool:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward the requested number (see `counted`)."""
-    return sum(counted(t) for t in study.get_trials(deepcopy=False))
+    """Candidates (fresh samples and baselines, not promotions or confirmation runs) that count
+    toward the requested number (see `counted`)."""
+    return sum(counted(t) and is_candidate(t.user_attrs) for t in study.get_trials(deepcopy=False))
 
 
 def claimed_count(study: optuna.Study) -> int:
-    """Finished trials plus those running now (in any process): what N is compared with when
+    """Finished candidates plus those running now (in any process): what N is compared with when
     several processes share a study."""
     return sum(
-        counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)
+        (counted(t) or t.state == TrialState.RUNNING) and is_candidate(t.user_attrs)
+        for t in study.get_trials(deepcopy=False)
     )
 
 
@@ -248,6 +323,12 @@ class Heartbeat:
                     log.warning("heartbeat of trial %d: %s", trial.number, e)
 
 
+# What a re-queued promotion or confirmation run keeps of the one that died: what it is, not what
+# it recorded. A re-queued candidate keeps only its baseline name: it trains as the search that
+# runs it now says (its epochs may have changed since).
+_REQUEUED = ("baseline", EPOCHS, RUNG, PROMOTES, RESUMES, ROLE, CONFIRM_OF, SEED)
+
+
 def _is_stale(trial: FrozenTrial, now: float, grace: float) -> bool:
     """No heartbeat (or, before the first one, no start) for over `grace` seconds."""
     beat = trial.user_attrs.get(HEARTBEAT_ATTR)
@@ -283,7 +364,8 @@ def fail_stale_trials(
         except (UpdateFinishedTrialError, ValueError):  # it finished, or another process failed it
             continue
         if retry:
-            attrs = {k: v for k, v in t.user_attrs.items() if k == "baseline"}
+            keep = ("baseline",) if is_candidate(t.user_attrs) else _REQUEUED
+            attrs = {k: v for k, v in t.user_attrs.items() if k in keep}
             study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number})
         log.warning(
             "trial %d: no heartbeat for over %.0f s; failed%s",
@@ -292,7 +374,7 @@ def fail_stale_trials(
             " and queued again" if retry else "",
         )
         if on_fail is not None:
-            on_fail(study.trials[t.number])
+            on_fail(study.get_trials(deepcopy=False)[t.number])
         failed.append(t.number)
     return failed
 
