@@ -282,6 +282,9 @@ def main() -> None:
         print(f"seed {seed}: both searches side by side, {args.minutes:g} min each ...", flush=True)
         seeds[str(seed)] = _run_pair(args, seed, folder)
         state_file.write_text(json.dumps(state, indent=2))
+    if not seeds:  # --seeds 0: the baselines only (they need no idle machine: no budget)
+        print(json.dumps(state["baselines"], indent=2))
+        return
     summary = _summary(seeds, state["baselines"])
     for seed, s in seeds.items():
         for m in METHODS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from nas_neck.cli import confirm, data, export, pareto, search, show, spaces, train, worker
+from nas_neck.cli import confirm, data, export, pareto, predict, search, show, spaces, train, worker
 from nas_neck.cli.console import setup_logging
 
 app = typer.Typer(
@@ -32,5 +32,6 @@ app.command()(confirm.confirm)
 app.command()(worker.worker)
 app.command()(pareto.pareto)
 app.command()(export.export)
+app.command()(predict.predict)
 
 __all__ = ["app"]

@@ -18,6 +18,7 @@ from nas_neck.data.synth import (
     DEFAULT_SIZE,
     DEFAULT_TRAIN,
     DEFAULT_VAL,
+    STYLES,
     generate_synthetic,
 )
 from nas_neck.errors import DataError
@@ -52,10 +53,16 @@ def synth(
     seed: Annotated[int, checks.SEED] = typer.Option(
         DEFAULT_SEED, help="Seed: same seed, same bytes."
     ),
+    style: Annotated[str, checks.OneOf(STYLES)] = typer.Option(
+        "default",
+        help="photo: camera-like plates (translucent agar on a dark or textured bench, 1-5 mm "
+        "colonies, marker writing, lid reflections, JPEG and sensor noise), --size wide and 3/4 "
+        "of that high; default: the built-in plates.",
+    ),
 ) -> None:
     """Draw synthetic petri-dish photos with COCO box annotations."""
     start = time.perf_counter()
-    paths = generate_synthetic(out, train, val, size, seed)
+    paths = generate_synthetic(out, train, val, size, seed, style=style)
     console.print(
         f"{train} + {val} plates at {size} px in [bold]{paths.root}[/] ({time.perf_counter() - start:.1f} s)\n"
         f"  train: {paths.train_ann}\n  val:   {paths.val_ann}\n  images: {paths.image_dir}",

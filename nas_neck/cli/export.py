@@ -13,7 +13,7 @@ from rich.table import Table
 from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
-from nas_neck.config import TrainConfig
+from nas_neck.config import DEFAULT_BACKBONE, TrainConfig
 from nas_neck.errors import NasNeckError
 from nas_neck.search.study import DEFAULT_STORAGE
 
@@ -52,6 +52,13 @@ def export(
     torchscript: bool = typer.Option(
         False, "--torchscript", help="Also write a traced neck.torchscript.pt."
     ),
+    detector: bool = typer.Option(
+        False,
+        "--detector",
+        help="Also write the whole detector (backbone + neck + head): detector.onnx and "
+        "detector.py (runs without nas_neck), checked in onnxruntime; `nas-neck predict "
+        "--export OUT` runs it.",
+    ),
     retrain_epochs: Annotated[int | None, checks.like(TrainConfig, "epochs")] = typer.Option(
         None,
         help="Retrain the chosen architecture from scratch for this many epochs (the checkpoint's "
@@ -80,8 +87,8 @@ def export(
         "--images": images,
         "--cache-dir": cache_dir,
     }
-    if backbone_weights != opt.PROXY.backbone_weights:
-        training["--backbone-weights"] = backbone_weights
+    if backbone_weights != opt.PROXY.backbone_weights and not detector:
+        training["--backbone-weights"] = backbone_weights  # else the detector's backbone
     if unfreeze_after is not None:
         training["--unfreeze-after"] = str(unfreeze_after)
     if retrain_epochs is None and any(training.values()):
@@ -105,8 +112,8 @@ def export(
             raise NasNeckError(
                 "pass either --study (with --trial, --knee or --max-latency-ms) or --checkpoint, not both"
             )
-        chosen = _choose_trial(study, storage, trial, knee, max_latency_ms)
-        checkpoint = _trial_checkpoint(chosen)
+        chosen = choose_trial(study, storage, trial, knee, max_latency_ms)
+        checkpoint = trial_checkpoint(chosen)
         attrs, origin = chosen.user_attrs, f"trial {chosen.number} of study {study}"
     elif checkpoint is not None:
         attrs, origin = _sibling_metrics(checkpoint), f"checkpoint {checkpoint}"
@@ -141,6 +148,15 @@ def export(
             origin += f" (backbone tuned after epoch {unfreeze_after})"
     info = _search_info(attrs, meta, origin)
     what = escape(f"{trained_arch.name} [{trained_arch.hash}]")
+    whole = None
+    if detector:
+        from nas_neck.backbone import FrozenBackbone
+
+        whole = FrozenBackbone(
+            info.backbone or DEFAULT_BACKBONE, trained_arch.inputs, backbone_weights
+        )
+        if backbone_state is not None:
+            whole.body.load_state_dict(backbone_state)
     with console.status(f"exporting {what} to {escape(str(out))}"):
         report = export_neck(
             model.neck,
@@ -153,6 +169,7 @@ def export(
             onnx=onnx,
             torchscript=torchscript,
             check_size=info.input_size or 384,
+            detector_backbone=whole,
         )
     console.print(_report_table(report))
     console.print(
@@ -216,7 +233,7 @@ def _retrain(
     return model, new_meta, backbone_state
 
 
-def _choose_trial(
+def choose_trial(
     study: str, storage: str, trial: int | None, knee: bool, max_latency_ms: float | None
 ) -> Any:
     """The trial picked by exactly one of --trial, --knee and --max-latency-ms."""
@@ -247,7 +264,7 @@ def _choose_trial(
     return chosen
 
 
-def _trial_checkpoint(trial: Any) -> Path:
+def trial_checkpoint(trial: Any) -> Path:
     attrs = trial.user_attrs
     if "checkpoint" in attrs:
         return Path(attrs["checkpoint"])
@@ -306,6 +323,16 @@ def _report_table(report: Any) -> Table:
     }
     if report.fused_diff is not None:
         checks["neck.py"] += f"; fused vs unfused max |diff| {report.fused_diff:.2e}"
+    if report.detector is not None:
+        d = report.detector
+        checks["detector.py"] = (
+            "matches nas-neck's backbone + neck + head, max |diff| "
+            + ", ".join(f"{v:.2e}" for v in d.torch_diffs.values())
+            + f"; postprocess vs nas-neck decode {d.decode_diff:.1e}"
+        )
+        checks["detector.onnx"] = "onnxruntime max |diff| " + ", ".join(
+            f"{v:.2e}" for v in d.onnx_diffs.values()
+        )
     for path in report.files:
         table.add_row(path.name, checks.get(path.name, ""))
     return table

@@ -20,6 +20,7 @@ function of (seed, split, index), so datasets are reproducible byte for byte.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_TRAIN",
     "DEFAULT_VAL",
     "SPECIES",
+    "STYLES",
     "SyntheticDataset",
     "ensure_default_dataset",
     "generate_synthetic",
@@ -57,6 +59,7 @@ DEFAULT_TRAIN = 240
 DEFAULT_VAL = 60
 DEFAULT_SEED = 0
 COLONIES_PER_PLATE = (15, 40)
+STYLES = ("default", "photo")  # photo: camera-like plates (see `_PhotoPlate`), opt-in
 
 _VERSION = 2  # bump when rendering changes: the manifest then no longer matches and data is redrawn
 _MANIFEST = "manifest.json"
@@ -100,19 +103,26 @@ def generate_synthetic(
     size: int = DEFAULT_SIZE,
     seed: int = DEFAULT_SEED,
     workers: int | None = None,
+    style: str = "default",
 ) -> SyntheticDataset:
     """Draw `n_train` + `n_val` plates of `size` px into `out_dir` (idempotent, process-safe).
 
     If `out_dir` already holds a complete dataset drawn with the same parameters, nothing is done.
     A different previous synthetic dataset there is replaced; any other non-empty folder is refused.
+    `style` "photo" draws camera-like plates, `size` px wide and 3/4 of that high (`_PhotoPlate`);
+    the default style is unchanged byte for byte.
     """
     if n_train < 1 or n_val < 0 or size < 64:
         raise DataError(
             f"need n_train >= 1, n_val >= 0 and size >= 64, got {n_train}, {n_val}, {size}"
         )
+    if style not in STYLES:
+        raise DataError(f"style: expected one of {', '.join(STYLES)}, got {style!r}")
     root = Path(out_dir)
     paths = SyntheticDataset(root, root / "images", root / "train.json", root / "val.json")
     params = {"version": _VERSION, "n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
+    if style != "default":  # the default manifest stays as it was: its datasets stay valid
+        params |= {"style": style, "style_version": _PHOTO_VERSION}
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / ".generate.lock"):
         if _is_complete(paths, params):
@@ -128,7 +138,9 @@ def generate_synthetic(
         paths.image_dir.mkdir()
         _write_json(root / _MANIFEST, {**params, "complete": False})
         for split, count, ann_file in ((0, n_train, paths.train_ann), (1, n_val, paths.val_ann)):
-            _write_json(ann_file, _draw_split(paths.image_dir, split, count, size, seed, workers))
+            _write_json(
+                ann_file, _draw_split(paths.image_dir, split, count, size, seed, workers, style)
+            )
         _write_json(root / _MANIFEST, {**params, "complete": True})
     log.info("drew %d + %d synthetic plates at %d px into %s", n_train, n_val, size, root)
     return paths
@@ -147,9 +159,14 @@ def ensure_default_dataset(root: str | Path | None = None) -> SyntheticDataset:
 
 
 def render_plate(
-    rng: np.random.Generator, size: int
+    rng: np.random.Generator, size: int, style: str = "default"
 ) -> tuple[np.ndarray, list[tuple[list[int], int]]]:
-    """Draw one plate: a (size, size, 3) uint8 image and its colonies as ([x, y, w, h], species index)."""
+    """Draw one plate: a (size, size, 3) uint8 image and its colonies as ([x, y, w, h], species index).
+
+    `style` "photo": a camera-like photo (`_PhotoPlate`), `size` wide and 3/4 of that high.
+    """
+    if style == "photo":
+        return _PhotoPlate(rng, size).render()
     return _Plate(rng, size).render()
 
 
@@ -158,12 +175,21 @@ def render_plate(
 
 
 def _draw_split(
-    image_dir: Path, split: int, count: int, size: int, seed: int, workers: int | None
+    image_dir: Path,
+    split: int,
+    count: int,
+    size: int,
+    seed: int,
+    workers: int | None,
+    style: str = "default",
 ) -> dict:
     prefix = ("train", "val")[split]
     jobs = [
         (image_dir, f"{prefix}_{i:05d}.jpg", (seed, split, i, _VERSION), size) for i in range(count)
     ]
+    if style != "default":  # its own random streams: photo plates are not default ones redrawn
+        jobs = [(d, n, (*e, 1, _PHOTO_VERSION), s, style) for d, n, e, s in jobs]
+    height, width = _photo_shape(size) if style == "photo" else (size, size)
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     if workers > 1 and count >= 8:
         # not fork: forking a process that already runs threads (torch, Ray, MLflow) can deadlock
@@ -175,7 +201,7 @@ def _draw_split(
 
     images, annotations = [], []
     for image_id, (job, colonies) in enumerate(zip(jobs, results, strict=True), start=1):
-        images.append({"id": image_id, "file_name": job[1], "width": size, "height": size})
+        images.append({"id": image_id, "file_name": job[1], "width": width, "height": height})
         for box, species in colonies:
             annotations.append(
                 {
@@ -201,10 +227,13 @@ def _draw_split(
     }
 
 
-def _draw_one(job: tuple[Path, str, tuple[int, ...], int]) -> list[tuple[list[int], int]]:
-    image_dir, name, entropy, size = job
-    image, colonies = render_plate(np.random.default_rng(list(entropy)), size)
-    Image.fromarray(image).save(image_dir / name, quality=93, subsampling=0)
+def _draw_one(job: tuple) -> list[tuple[list[int], int]]:
+    image_dir, name, entropy, size = job[:4]
+    style = job[4] if len(job) > 4 else "default"
+    image, colonies = render_plate(np.random.default_rng(list(entropy)), size, style)
+    # photo plates went through JPEG at the camera's quality already: keep that, add little
+    quality = 95 if style == "photo" else 93
+    Image.fromarray(image).save(image_dir / name, quality=quality, subsampling=0)
     return colonies
 
 
@@ -604,3 +633,296 @@ class _Plate:
         return np.ascontiguousarray(
             (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
         )
+
+
+# --------------------------------------------------------------------------------------------
+# photo style (opt-in): what a lab camera or phone photo of a plate looks like
+
+
+_PHOTO_VERSION = 1  # bump when photo-style rendering changes
+_DISH_MM = 90.0  # a standard petri dish
+_PHOTO_COLONY_MM = (1.0, 5.0)  # colony diameters, log-uniform
+_PHOTO_COLONIES = (10, 120)
+# colony look: (RGB, species index it is annotated as, probability)
+_PHOTO_LOOKS = {
+    "cream": ((0.93, 0.9, 0.8), 0, 0.4),  # round: smooth, cream-white
+    "white": ((0.97, 0.97, 0.95), 0, 0.15),
+    "grey": ((0.72, 0.72, 0.69), 1, 0.2),  # irregular: flat, grey, lobate
+    "yellow": ((0.96, 0.84, 0.32), 3, 0.2),  # glossy: domed, yellow-golden
+    "film": ((0.62, 0.66, 0.55), 2, 0.05),  # spreading: translucent film
+}
+_PHOTO_MEDIA = {  # colour, opacity over the bench, probability
+    "amber": ((0.8, 0.62, 0.32), 0.6, 0.35),  # LB / nutrient agar, translucent
+    "pale": ((0.88, 0.84, 0.68), 0.5, 0.3),  # clear agar, the bench shows through
+    "blood": ((0.56, 0.08, 0.1), 0.9, 0.2),
+    "chocolate": ((0.4, 0.25, 0.13), 0.92, 0.15),
+}
+
+
+def _photo_shape(size: int) -> tuple[int, int]:
+    """(height, width) of a photo-style plate: `size` wide, 4:3 like most cameras."""
+    return max(48, round(size * 3 / 4)), size
+
+
+class _PhotoPlate:
+    """A plate as a camera sees it: a 90 mm dish on a dark or textured bench, translucent agar,
+    colonies of 1-5 mm (cream, white, grey, yellow), marker writing and lamp reflections on the
+    lid, sensor noise and JPEG compression. Sizes are in millimetres of the dish, so a photo of
+    any resolution shows the same scene.
+    """
+
+    def __init__(self, rng: np.random.Generator, size: int) -> None:
+        self.rng = rng
+        self.h, self.w = _photo_shape(size)
+        self.r_dish = self.h * float(rng.uniform(0.41, 0.475))
+        self.px_mm = 2 * self.r_dish / _DISH_MM
+        self.cx = self.w / 2 + float(rng.normal(0, 0.03 * self.w))
+        self.cy = self.h / 2 + float(rng.normal(0, 0.015 * self.h))
+        self.r_agar = self.r_dish - 1.6 * self.px_mm
+        light = float(rng.uniform(0, 2 * np.pi))
+        self.lx, self.ly = math.cos(light), math.sin(light)
+        names = list(_PHOTO_MEDIA)
+        self.medium = names[rng.choice(len(names), p=[_PHOTO_MEDIA[n][2] for n in names])]
+
+    def render(self) -> tuple[np.ndarray, list[tuple[list[int], int]]]:
+        yy, xx = np.mgrid[0 : self.h, 0 : self.w].astype(np.float32) + 0.5
+        dist = np.hypot(xx - self.cx, yy - self.cy)
+        img = self._bench(xx, yy)
+        self._dish(img, xx, yy, dist)
+        del xx, yy
+        colonies = self._colonies(img)
+        self._marker(img)
+        self._reflections(img, dist)
+        return self._camera(img), colonies
+
+    def _bench(self, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+        """A dark bench, a wood-grain one or a speckled lab mat, with the dish's shadow."""
+        rng, h, w = self.rng, self.h, self.w
+        kind = rng.choice(["dark", "wood", "mat"], p=[0.45, 0.3, 0.25])
+        noise = _smooth_noise(rng, max(h, w))[:h, :w]
+        if kind == "dark":
+            tone = _jitter(rng, (0.07, 0.07, 0.08), 0.03)
+            img = tone * (1 + 0.15 * noise)
+        elif kind == "wood":
+            angle = float(rng.uniform(0, np.pi))
+            along = xx * math.cos(angle) + yy * math.sin(angle)
+            period = float(rng.uniform(0.008, 0.02)) * w
+            grain = np.sin(2 * np.pi * along / period + 3.0 * noise)
+            tone = _jitter(rng, (0.42, 0.27, 0.15), 0.06) * float(rng.uniform(0.5, 1.0))
+            img = tone * (1 + 0.18 * grain + 0.1 * noise)
+        else:
+            tone = _jitter(rng, (0.3, 0.32, 0.34), 0.08)
+            speck = rng.random((h, w), dtype=np.float32) - 0.5
+            speck = gaussian_filter(speck, 0.8 * max(self.px_mm / 10, 0.5))
+            img = tone * (1 + 0.8 * speck + 0.08 * noise)
+        img = np.ascontiguousarray(img, dtype=np.float32)
+        # contact shadow on the side away from the light
+        sx, sy = self.cx - 0.03 * self.r_dish * self.lx, self.cy - 0.03 * self.r_dish * self.ly
+        ds = np.hypot(xx - sx, yy - sy)
+        img *= 1 - 0.45 * np.clip(1 - np.abs(ds - self.r_dish) / (0.06 * self.r_dish), 0, 1)
+        return img
+
+    def _dish(self, img: np.ndarray, xx: np.ndarray, yy: np.ndarray, dist: np.ndarray) -> None:
+        """Translucent agar (the bench seen through it), the meniscus, the plastic wall."""
+        rng, mm = self.rng, self.px_mm
+        colour, opacity, _ = _PHOTO_MEDIA[self.medium]
+        inside = np.clip(self.r_agar - dist + 0.5, 0, 1)
+        wall = np.clip(self.r_dish - dist + 0.5, 0, 1) - inside
+        facing = ((xx - self.cx) * self.lx + (yy - self.cy) * self.ly) / self.r_dish
+        rho = dist / self.r_agar
+        shade = 1 + 0.06 * facing - 0.25 * np.clip((rho - 0.93) / 0.07, 0, 1) ** 2
+        agar = _jitter(rng, colour, 0.04) * shade
+        through = 0.35 + 0.65 * img  # diffuse light through the agar, dimmed by the bench
+        tinted = opacity * agar + (1 - opacity) * through * agar * 1.4
+        img += inside * (np.clip(tinted, 0, 1) - img)
+        lit = 0.3 + 0.7 * np.clip(facing * float(rng.choice([-1, 1])), 0, 1) ** 2
+        rim = np.exp(-(((dist - self.r_dish + 0.5 * mm) / (0.35 * mm + 0.5)) ** 2))
+        edge = np.exp(-(((dist - self.r_agar) / (0.25 * mm + 0.5)) ** 2))
+        img += (0.25 * wall + 0.55 * rim * lit + 0.25 * edge * lit).astype(np.float32)
+
+    def _colonies(self, img: np.ndarray) -> list[tuple[list[int], int]]:
+        rng, mm = self.rng, self.px_mm
+        looks = list(_PHOTO_LOOKS)
+        p = np.array([_PHOTO_LOOKS[k][2] for k in looks])
+        chosen = rng.choice(
+            len(looks), size=int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])), p=p, replace=False
+        )
+        lo, hi = _PHOTO_COLONIES
+        n = int(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        kinds = rng.choice(chosen, size=n)
+        lo_mm, hi_mm = _PHOTO_COLONY_MM
+        radii = 0.5 * mm * np.exp(rng.uniform(np.log(lo_mm), np.log(hi_mm), n))
+        radii = np.maximum(radii, 1.0)
+        out = []
+        placed: list[tuple[float, float, float]] = []
+        for i in np.argsort(-radii, kind="stable"):
+            r, look = float(radii[i]), looks[int(kinds[i])]
+            limit = self.r_agar - r - 1.5 * mm
+            if limit <= 0:
+                continue
+            for _ in range(20):
+                a, d = rng.uniform(0, 2 * np.pi), limit * np.sqrt(rng.random())
+                x, y = self.cx + d * math.cos(a), self.cy + d * math.sin(a)
+                if all(math.hypot(x - px, y - py) > 0.9 * (r + pr) for px, py, pr in placed):
+                    break
+            else:
+                continue
+            placed.append((x, y, r))
+            box = self._paint(img, look, x, y, r)
+            if box is not None:
+                out.append((box, _PHOTO_LOOKS[look][1]))
+        return out
+
+    def _paint(
+        self, img: np.ndarray, look: str, cx: float, cy: float, r: float
+    ) -> list[int] | None:
+        """One colony: a dome with a soft edge and a highlight (a film for `film`)."""
+        rng = self.rng
+        lobes = 0.12 if look == "grey" else 0.04
+        js = np.arange(2, 7)
+        amps = lobes * rng.uniform(0.2, 1.0, len(js)) / js
+        phases = rng.uniform(0, 2 * np.pi, len(js))
+        ext = int(math.ceil(r * (1 + amps.sum()) + 3))
+        x0, x1 = max(int(cx) - ext, 0), min(int(cx) + ext + 1, self.w)
+        y0, y1 = max(int(cy) - ext, 0), min(int(cy) + ext + 1, self.h)
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+        dx, dy = xx - cx, yy - cy
+        d, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
+        radius = r * (
+            1
+            + (amps[:, None, None] * np.cos(js[:, None, None] * theta + phases[:, None, None])).sum(
+                0
+            )
+        )
+        rho = np.clip(d / radius, 0, 1)
+        cover = np.clip((radius - d) / max(0.6, 0.08 * r) + 0.5, 0, 1)
+        colour = _jitter(rng, _PHOTO_LOOKS[look][0], 0.04)
+        dome = np.sqrt(np.clip(1 - rho**2, 0, 1))
+        spec = np.exp(
+            -((dx - 0.4 * r * self.lx) ** 2 + (dy - 0.4 * r * self.ly) ** 2)
+            / (2 * (0.15 * r) ** 2 + 0.5)
+        )
+        if look == "film":
+            rgb, alpha = colour + 0 * rho, cover * (0.35 + 0.2 * rho)
+        else:
+            rgb = colour * (0.78 + 0.22 * dome) + (0.5 if look == "yellow" else 0.25) * spec
+            rgb = rgb - 0.12 * np.exp(-(((rho - 0.95) / 0.06) ** 2))  # darker edge
+            alpha = cover * float(rng.uniform(0.8, 0.97))
+        region = img[:, y0:y1, x0:x1]
+        region += alpha * (np.clip(rgb, 0, 1.2) - region)
+        mask = cover >= 0.5
+        if not mask.any():
+            return None
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        return [
+            x0 + int(cols[0]),
+            y0 + int(rows[0]),
+            int(cols[-1] - cols[0] + 1),
+            int(rows[-1] - rows[0] + 1),
+        ]
+
+    def _marker(self, img: np.ndarray) -> None:
+        """Handwriting on the lid in marker pen (a plate id, a date): strokes of 0.5-1 mm, on
+        the dish and sometimes over colonies; never annotated."""
+        rng, mm = self.rng, self.px_mm
+        if rng.random() < 0.25:
+            return
+        ink = _jitter(
+            rng, [(0.05, 0.05, 0.1), (0.08, 0.1, 0.45), (0.5, 0.05, 0.08)][rng.integers(3)], 0.03
+        )
+        for _ in range(int(rng.integers(1, 3))):
+            chars = int(rng.integers(3, 9))
+            ch = float(rng.uniform(4, 8)) * mm  # character height
+            a = rng.uniform(0, 2 * np.pi)
+            d = self.r_dish * rng.uniform(0.45, 0.85)
+            ox = self.cx + d * math.cos(a) - chars * 0.35 * ch
+            oy = self.cy + d * math.sin(a)
+            tilt = float(rng.normal(0, 0.15))
+            pts = []
+            for c in range(chars):
+                base = np.array([ox + c * 0.7 * ch, oy])
+                ctrl = rng.uniform([0, -0.5], [0.55, 0.5], (int(rng.integers(3, 6)), 2)) * ch
+                t = np.linspace(0, 1, 40)[:, None]
+                for p0, p1 in zip(ctrl[:-1], ctrl[1:], strict=True):
+                    pts.append(base + p0 + t * (p1 - p0))
+            pts = np.concatenate(pts)
+            rx, ry = pts[:, 0] - ox, pts[:, 1] - oy
+            pts = np.stack(
+                [
+                    ox + rx * math.cos(tilt) - ry * math.sin(tilt),
+                    oy + rx * math.sin(tilt) + ry * math.cos(tilt),
+                ],
+                1,
+            )
+            x0, y0 = (np.floor(pts.min(0)) - 3 * mm).astype(int)
+            x1, y1 = (np.ceil(pts.max(0)) + 3 * mm).astype(int)
+            x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, self.w), min(y1, self.h)
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                continue
+            mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+            ix = np.clip((pts[:, 0] - x0).astype(int), 0, x1 - x0 - 1)
+            iy = np.clip((pts[:, 1] - y0).astype(int), 0, y1 - y0 - 1)
+            mask[iy, ix] = 1.0
+            width = float(rng.uniform(0.25, 0.5)) * mm
+            mask = gaussian_filter(mask, width)
+            mask = np.clip(mask / (mask.max() + 1e-9) * 3, 0, 1) * float(rng.uniform(0.7, 0.95))
+            region = img[:, y0:y1, x0:x1]
+            region += mask * (ink - region)
+
+    def _reflections(self, img: np.ndarray, dist: np.ndarray) -> None:
+        """The lamp on the lid: a bright arc along the lid and a soft window, desaturated."""
+        rng = self.rng
+        theta0 = float(rng.uniform(0, 2 * np.pi))
+        for _ in range(int(rng.integers(1, 3))):
+            rr = self.r_dish * float(rng.uniform(0.6, 0.95))
+            width = self.r_dish * float(rng.uniform(0.015, 0.05))
+            span = float(rng.uniform(0.3, 1.2))
+            x0, x1 = (
+                max(int(self.cx - rr - 3 * width), 0),
+                min(int(self.cx + rr + 3 * width), self.w),
+            )
+            y0, y1 = (
+                max(int(self.cy - rr - 3 * width), 0),
+                min(int(self.cy + rr + 3 * width), self.h),
+            )
+            yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+            ang = (np.arctan2(yy - self.cy, xx - self.cx) - theta0 + np.pi) % (2 * np.pi) - np.pi
+            band = np.exp(-(((dist[y0:y1, x0:x1] - rr) / width) ** 2)) * np.exp(
+                -((ang / span) ** 2)
+            )
+            img[:, y0:y1, x0:x1] += float(rng.uniform(0.12, 0.4)) * band.astype(np.float32)
+            theta0 += float(rng.uniform(1.5, 4.5))
+        if rng.random() < 0.6:  # a window or light box
+            gx = self.cx + float(rng.uniform(-0.5, 0.5)) * self.r_dish
+            gy = self.cy + float(rng.uniform(-0.5, 0.5)) * self.r_dish
+            a, b = self.r_dish * rng.uniform([0.15, 0.08], [0.35, 0.2])
+            x0, x1 = max(int(gx - 2 * a), 0), min(int(gx + 2 * a), self.w)
+            y0, y1 = max(int(gy - 2 * b), 0), min(int(gy + 2 * b), self.h)
+            yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+            soft = np.exp(-((((xx - gx) / a) ** 8 + ((yy - gy) / b) ** 8) ** 0.5) * 2)
+            inside = dist[y0:y1, x0:x1] < self.r_dish
+            img[:, y0:y1, x0:x1] += float(rng.uniform(0.05, 0.18)) * (soft * inside).astype(
+                np.float32
+            )
+
+    def _camera(self, img: np.ndarray) -> np.ndarray:
+        """Vignetting, white balance, slight defocus, signal-dependent sensor noise, JPEG."""
+        rng = self.rng
+        h, w = self.h, self.w
+        yy, xx = np.ogrid[0:h, 0:w]
+        r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / (0.5 * math.hypot(w, h)) ** 2
+        img *= (1 - float(rng.uniform(0.1, 0.35)) * r2).astype(np.float32)
+        img *= rng.uniform(0.92, 1.08, (3, 1, 1)).astype(np.float32)
+        sigma = float(rng.uniform(0.3, 1.0)) * max(self.px_mm / 12, 0.4)
+        img = gaussian_filter(img, sigma=(0, sigma, sigma))
+        np.clip(img, 0, 1, out=img)
+        shot, read = float(rng.uniform(0.0004, 0.003)), float(rng.uniform(0.003, 0.012))
+        noise = rng.standard_normal(img.shape, dtype=np.float32)
+        img += noise * np.sqrt(shot * img + read**2)
+        out = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+        quality = int(rng.integers(60, 93))
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(out)).save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            return np.asarray(decoded.convert("RGB")).copy()

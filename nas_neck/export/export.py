@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from nas_neck.detect.head import DetectionHead
 from nas_neck.errors import NasNeckError
+from nas_neck.export.detector import DetectorReport, export_detector
 from nas_neck.export.fuse import fuse_neck
 from nas_neck.export.onnx import (
     OPSET,
@@ -54,6 +55,7 @@ class ExportReport:
     onnx_exporter: str | None = None  # "dynamo" or "torchscript"
     onnx_diffs: dict[str, float] = field(default_factory=dict)  # input shape -> max |ORT - torch|
     torchscript_diffs: dict[str, float] = field(default_factory=dict)
+    detector: DetectorReport | None = None  # with `detector_backbone`: the whole detector
 
 
 def export_neck(
@@ -68,6 +70,7 @@ def export_neck(
     onnx: bool = False,
     torchscript: bool = False,
     check_size: int = 256,
+    detector_backbone: nn.Module | None = None,
 ) -> ExportReport:
     """Write `neck.py`, its weights (`neck.safetensors`, `neck.pt`), `architecture.yaml`,
     `README.md` and `export.json` to `out_dir`; optionally the trained head's weights
@@ -77,7 +80,12 @@ def export_neck(
     `neck` is put in eval mode; `fuse` exports a fused copy (BatchNorm folded, RepConv
     re-parameterized). Checks run on random backbone maps of a `check_size`-pixel square image
     and of a smaller, non-square one.
+
+    `detector_backbone` (a `FrozenBackbone`, with `head`) also writes the whole detector:
+    `detector.py`, `detector.safetensors` and `detector.onnx` (`nas_neck.export.detector`).
     """
+    if detector_backbone is not None and head is None:
+        raise NasNeckError("a detector export needs the head trained with the neck")
     info = info or SearchInfo()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +150,15 @@ def export_neck(
         report.files.append(path)
         manifest["torchscript"] = {"file": path.name, "inputs": levels}
 
-    manifest["checks"] = {k: v for k, v in asdict(report).items() if k.endswith(("diff", "diffs"))}
+    if detector_backbone is not None:
+        report.detector = export_detector(
+            detector_backbone, neck, head, out, input_size=check_size, categories=categories
+        )
+        report.files += report.detector.files
+        manifest["detector"] = report.detector.manifest
+
+    checked = asdict(report)
+    manifest["checks"] = {k: v for k, v in checked.items() if k.endswith(("diff", "diffs"))}
     report.files.append(_write(out / "export.json", json.dumps(manifest, indent=2) + "\n"))
     report.files.append(_write(out / "README.md", _readme(neck, info, manifest)))
     log.info("exported %s [%s] to %s", neck.arch.name, neck.arch.hash, out)
@@ -269,6 +285,14 @@ def _readme(neck: GraphNeck, info: SearchInfo, manifest: dict[str, Any]) -> str:
         lines.append(
             "| `neck.torchscript.pt` | traced TorchScript, one tensor per level in, a tuple out |"
         )
+    if "detector" in manifest:
+        lines += [
+            "| `detector.py`, `detector.safetensors` | backbone + neck + head as one module "
+            "(`Detector`), with `letterbox`, `postprocess` (decoding, NMS) and `detect_image`; "
+            "needs torch, timm and safetensors, not nas_neck |",
+            "| `detector.onnx` | the same detector in ONNX: images (B, 3, H, W) in [0, 1] in, "
+            "`cls_logits`, `box_ltrb` out; decode with `detector.postprocess` |",
+        ]
     lines += [
         "",
         "## Use",
@@ -333,6 +357,36 @@ def _readme(neck: GraphNeck, info: SearchInfo, manifest: dict[str, Any]) -> str:
             'session = ort.InferenceSession("neck.onnx")',
             "outputs = session.run(None, {name: m.numpy() for name, m in zip("
             f"{manifest['onnx']['inputs']}, backbone_maps)}})",
+            "```",
+        ]
+    if "detector" in manifest:
+        lines += [
+            "",
+            "The whole detector on a photo (`nas-neck predict --export THIS_FOLDER` does it with "
+            "tiling and counts):",
+            "",
+            "```python",
+            "import numpy as np",
+            "from PIL import Image",
+            "from detector import Detector, detect_image",
+            "",
+            "detector = Detector.from_pretrained()",
+            'image = np.asarray(Image.open("plate.jpg").convert("RGB"), np.float32) / 255',
+            "boxes, scores, labels = detect_image(detector, image)  # xyxy in image pixels",
+            "```",
+            "",
+            "ONNX Runtime (decoding outside the graph, as `detector.postprocess`):",
+            "",
+            "```python",
+            "import onnxruntime as ort",
+            "import torch",
+            "from detector import letterbox, postprocess",
+            "",
+            'session = ort.InferenceSession("detector.onnx")',
+            "x, scale, pad_x, pad_y = letterbox(image)",
+            'cls_logits, box_ltrb = session.run(None, {"images": x[None].numpy()})',
+            "boxes, scores, labels = postprocess(torch.from_numpy(cls_logits), "
+            "torch.from_numpy(box_ltrb), x.shape[-2:])[0]",
             "```",
         ]
     lines += [
