@@ -18,6 +18,8 @@ with a mean mAP at least as high, better on one).
 
 Studies live in SQLite files under `--out`; a finished seed is skipped when rerun, and a seed
 interrupted mid-search is run again from scratch (a resumed search would get a second budget).
+`--part baselines` and `--part searches` run the two halves in separate processes (at once);
+a final run with `--part all` then only summarises.
 
     python experiments/multifidelity_study.py [--minutes 10] [--seeds 3] [--confirm 3]
 """
@@ -259,20 +261,25 @@ def main() -> None:
         "--threads", type=int, default=1, help="training threads per search (two run side by side)"
     )
     ap.add_argument("--out", type=Path, default=OUT / "multifidelity")
+    ap.add_argument(
+        "--part",
+        choices=("all", "baselines", "searches"),
+        default="all",
+        help="run only the baselines' confirmation or only the searches (two processes at once)",
+    )
     args = ap.parse_args()
     folder = args.out
     folder.mkdir(parents=True, exist_ok=True)
-    state_file = folder / "state.json"
+    state_file, base_file = folder / "state.json", folder / "baselines.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     if state.get("settings", {}) not in ({}, _settings(args)):
         raise SystemExit(f"{state_file} holds another configuration; use another --out")
     state["settings"] = _settings(args)
-    if "baselines" not in state:
+    if args.part in ("all", "baselines") and not base_file.exists():
         print("baselines: train and confirm FPN, PAFPN, BiFPN, NAS-FPN ...", flush=True)
-        state["baselines"] = _baselines(args, folder)
-        state_file.write_text(json.dumps(state, indent=2))
+        base_file.write_text(json.dumps(_baselines(args, folder), indent=2))
     seeds = state.setdefault("seeds", {})
-    for seed in range(args.seeds):
+    for seed in range(args.seeds if args.part in ("all", "searches") else 0):
         if str(seed) in seeds:
             continue
         for method in METHODS:  # a seed interrupted mid-search starts again (one budget each)
@@ -282,9 +289,10 @@ def main() -> None:
         print(f"seed {seed}: both searches side by side, {args.minutes:g} min each ...", flush=True)
         seeds[str(seed)] = _run_pair(args, seed, folder)
         state_file.write_text(json.dumps(state, indent=2))
-    if not seeds:  # --seeds 0: the baselines only (they need no idle machine: no budget)
-        print(json.dumps(state["baselines"], indent=2))
+    if not seeds or not base_file.exists():
+        print("not summarised yet: rerun with --part all once the searches and baselines are done")
         return
+    state["baselines"] = json.loads(base_file.read_text())
     summary = _summary(seeds, state["baselines"])
     for seed, s in seeds.items():
         for m in METHODS:

@@ -99,6 +99,16 @@ def search(
     confirm_seeds: Annotated[int, checks.like(SearchSettings, "confirm_seeds")] = typer.Option(
         _S.confirm_seeds, help="With --confirm: training seeds per architecture."
     ),
+    screen: Annotated[int, checks.like(SearchSettings, "screen")] = typer.Option(
+        _S.screen,
+        help="Screening: the sampler proposes N candidates for each one trained, and the best by "
+        "--screen-signal is trained (1: no screening).",
+    ),
+    screen_signal: str = typer.Option(
+        _S.screen_signal,
+        help="With --screen: a zero-cost proxy (e.g. zico, synflow, params) or surrogate (fit on "
+        "the study's finished trials; #params until 8 exist); docs/screening.md lists them.",
+    ),
     out: Path = typer.Option(_S.out_dir, help="Folder for checkpoints and plots."),
     data: opt.Data = None,
     val_data: opt.ValData = None,
@@ -140,6 +150,17 @@ def search(
     if backend != "ray" and given:
         names = ", ".join("--" + n.replace("_", "-") for n in given)
         raise NasNeckError(f"{names} only matter with --backend ray")
+    if screen > 1:
+        from nas_neck.screen import signals
+
+        if screen_signal not in signals():
+            raise checks.OptionError(
+                "--screen-signal", f"one of {', '.join(signals())}", screen_signal
+            )
+    if backend == "ray" and screen > 1:
+        raise NasNeckError(
+            "--screen runs with --backend local and `nas-neck worker`s, not yet on Ray"
+        )
     if backend == "ray" and confirm:
         raise NasNeckError(
             "--confirm runs with --backend local; confirm a Ray search afterwards with "
@@ -171,6 +192,8 @@ def search(
         confirm=confirm,
         confirm_epochs=confirm_epochs,
         confirm_seeds=confirm_seeds,
+        screen=screen,
+        screen_signal=screen_signal,
     )
     load_space(space)
     config = opt.proxy_from(ctx.params)

@@ -1,10 +1,14 @@
 """`nas-neck show`: an architecture (nodes, params, FLOPs), a space (its parameters or samples),
-or one trial of a study."""
+or one trial of a study; with --latency, predicted (`nas_neck.screen.LatencyTable`) beside
+measured (`ProxyTask.cost`) latency."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -42,9 +46,51 @@ def show(
     ),
     storage: opt.Storage = DEFAULT_STORAGE,
     plot: Path | None = typer.Option(None, help="Write the architecture diagram (PNG) here."),
+    latency: bool = typer.Option(
+        False,
+        "--latency",
+        help="Predicted (latency table) and measured batch-1 latency of the architecture or of "
+        "the --sample K samples, at --input-size (the table is built once per machine and "
+        "settings, in the cache folder).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="With --latency: one JSON object per architecture and line."
+    ),
+    data: opt.Data = None,
+    val_data: opt.ValData = None,
+    images: opt.Images = None,
+    backbone_weights: opt.BackboneWeights = "auto",
+    threads: opt.Threads = None,
+    latency_target: opt.LatencyTarget = opt.PROXY.latency_target,
+    latency_scope: opt.LatencyScope = opt.PROXY.latency_scope,
+    cache_dir: opt.CacheDir = None,
 ) -> None:
     """Show an architecture (nodes, params, FLOPs) or a space (its parameters, or --sample K);
-    with --study/--trial, a searched trial's architecture."""
+    with --study/--trial, a searched trial's architecture; with --latency, predicted beside
+    measured latency."""
+    if as_json and not latency:
+        raise NasNeckError("--json goes with --latency")
+    if latency:
+        if study is not None or space is None:
+            raise NasNeckError("--latency needs a space or architecture (not --study)")
+        settings = opt.proxy_config(
+            data=data,
+            val_data=val_data,
+            images=images,
+            input_size=input_size,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            epochs=None,
+            batch_size=None,
+            seed=0,
+            threads=threads,
+            cache_dir=cache_dir,
+            precision="fp32",
+            latency_target=latency_target,
+            latency_scope=latency_scope,
+        )
+        _show_latency(space, sample, seed, settings, as_json)
+        return
     if study is not None:
         if trial is None:
             raise NasNeckError("--study needs --trial N")
@@ -89,6 +135,63 @@ def show(
             str(seed + i), arch.hash, f"{params / 1e6:.3f}", f"{flops / 1e9:.3f}", arch.short()
         )
     console.print(table)
+
+
+def _show_latency(space: str, sample: int, seed: int, settings: Any, as_json: bool) -> None:
+    """Predicted and measured latency of `space` (a fixed architecture) or of `sample` samples."""
+    from nas_neck.proxy import ProxyTask
+    from nas_neck.screen import LatencyTable
+
+    loaded = load_space(space)
+    if not loaded.is_fixed and not sample:
+        raise NasNeckError(f"{space} is a search space: give --sample K with --latency")
+    archs = [(None, loaded.sample())] if not sample else []
+    archs += [(seed + i, loaded.random(seed + i)) for i in range(sample)]
+    if as_json:  # stdout holds only the JSON lines; progress logs would interleave there
+        logging.getLogger("nas_neck").setLevel(logging.WARNING)
+    proxy = ProxyTask(settings)
+    table = LatencyTable(proxy)
+    status = "latency table: timing the steps it lacks (once per machine)"
+    with contextlib.nullcontext() if as_json else console.status(status):
+        predicted = table.predict_many([a for _, a in archs])
+    c = proxy.config
+    unit = (
+        f"ms @{c.input_size}, {c.latency_target}, {c.latency_threads} thread(s), {c.latency_scope}"
+    )
+    view = Table(title=f"{loaded.name}: predicted vs measured latency ({unit})")
+    for col in ("seed", "hash", "predicted", "measured", "error", "architecture"):
+        view.add_column(
+            col, justify="right" if col in ("predicted", "measured", "error") else "left"
+        )
+    for (sample_seed, arch), ms in zip(archs, predicted, strict=True):
+        measured = proxy.cost(arch)["latency_ms"]
+        error = 100 * (ms / measured - 1)
+        row = {
+            "seed": sample_seed,
+            "hash": arch.hash,
+            "name": arch.name,
+            "predicted_ms": ms,
+            "measured_ms": measured,
+            "error_pct": error,
+            "input_size": c.input_size,
+            "target": c.latency_target,
+            "threads": c.latency_threads,
+            "scope": c.latency_scope,
+        }
+        if as_json:
+            console.print(json.dumps(row), markup=False, highlight=False, soft_wrap=True)
+            continue
+        view.add_row(
+            "" if sample_seed is None else str(sample_seed),
+            arch.hash,
+            f"{ms:.3f}",
+            f"{measured:.3f}",
+            f"{error:+.1f} %",
+            arch.short(),
+        )
+    if not as_json:
+        console.print(view)
+        console.print(f"latency table: {table.path}")
 
 
 def _backbone_channels(name: str, levels: tuple[int, ...]) -> list[int]:

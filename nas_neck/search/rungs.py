@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -155,10 +155,17 @@ def enqueue(study: optuna.Study, promotion: Promotion) -> None:
 Step = Literal["run", "wait", "done"]
 
 
-def next_step(study: optuna.Study, rungs: Rungs | None, target: int, budget: Budget) -> Step:
+def next_step(
+    study: optuna.Study,
+    rungs: Rungs | None,
+    target: int,
+    budget: Budget,
+    fresh: Callable[[optuna.Study], None] | None = None,
+) -> Step:
     """What a free process does next (queueing a promotion when that is it): `run` (a trial is
     queued, or a promotion or a fresh candidate fits the budget), `wait` (trials run elsewhere
-    whose results may open a promotion, or are needed for N) or `done`.
+    whose results may open a promotion, or are needed for N) or `done`. `fresh`, when given,
+    queues the fresh candidate itself (screening, `nas_neck.search.screening`).
 
     Shared by every launcher: `Session.optimize` (local search, workers) and the Ray driver.
     """
@@ -172,6 +179,8 @@ def next_step(study: optuna.Study, rungs: Rungs | None, target: int, budget: Bud
         return "run"
     if claimed_count(study) < target:
         if budget.fits(costs.candidate_s):
+            if fresh is not None:
+                fresh(study)
             return "run"
         log.info(
             "budget: %.0f s left, a candidate takes about %.0f s", budget.left_s, costs.candidate_s

@@ -8,6 +8,7 @@ import optuna
 from nas_neck.dsl import SearchSpace
 from nas_neck.proxy import ProxyTask
 from nas_neck.search.objective import Hooks, Objective
+from nas_neck.search.screening import screen_for
 from nas_neck.search.session import TrialEnd, prepare_study, trial_function
 from nas_neck.search.settings import SearchSettings
 from nas_neck.search.study import finished_count
@@ -32,8 +33,9 @@ def run_search(
     # A resumed study starts where it stopped.
     objective.hooks.search_start(finished_count(session.study))
     run = trial_function(objective)
+    fresh = screen_for(settings, space, proxy)
     with session.interruptible():
-        session.optimize(run, settings.trials, on_trial_end=on_trial_end)
+        session.optimize(run, settings.trials, on_trial_end=on_trial_end, fresh=fresh)
         if settings.confirm:
             session.confirm(run, on_trial_end=on_trial_end)
     session.finish(ended=True)

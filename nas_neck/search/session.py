@@ -92,6 +92,7 @@ class Session:
         wait: bool = True,
         on_trial_end: TrialEnd | None = None,
         budget: Budget | None = None,
+        fresh: Callable[[optuna.Study], None] | None = None,
     ) -> None:
         """Run `func` one trial at a time until `target` candidates count, nothing is left to
         promote (with rungs), or the next piece of work would not fit the `budget` (default: the
@@ -105,7 +106,7 @@ class Session:
         misses = 0
         while misses < target + 3:
             fail_stale_trials(self.study, self.tracker.end_stale)
-            step = next_step(self.study, self.settings.schedule, target, budget)
+            step = next_step(self.study, self.settings.schedule, target, budget, fresh)
             if step == "done":
                 return
             if step == "wait":

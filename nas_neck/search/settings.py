@@ -56,6 +56,10 @@ class SearchSettings(BaseModel):
     confirm: int = Field(0, ge=0)
     confirm_epochs: int = Field(9, ge=1)
     confirm_seeds: int = Field(2, ge=1)
+    # Screening: of `screen` proposals of the sampler, train the best by `screen_signal` (a
+    # zero-cost proxy or the surrogate; `nas_neck.screen.signals`); 1: no screening.
+    screen: int = Field(1, ge=1)
+    screen_signal: str = "surrogate"
 
     @property
     def objectives(self) -> Objectives:
@@ -111,6 +115,8 @@ def parent_params(settings: SearchSettings, proxy_config: ProxyConfig) -> dict[s
         "eta": settings.eta if settings.rungs else None,
         "budget_minutes": settings.budget_minutes,
         "confirm": settings.confirm,
+        "screen": settings.screen,
+        "screen_signal": settings.screen_signal if settings.screen > 1 else None,
         **{f"proxy.{k}": v for k, v in p.items()},
         **{f"train.{k}": v for k, v in train.items()},
     }

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from nas_neck.dsl import SearchSpace
 from nas_neck.proxy import ProxyTask
 from nas_neck.search.objective import Hooks, Objective
+from nas_neck.search.screening import screen_for
 from nas_neck.search.session import TrialEnd, join_study, process_name, trial_function
 from nas_neck.search.study import finished_count
 
@@ -44,14 +45,8 @@ def run_worker(
     session, proxy_config = join_study(study_name, storage, tracking_uri, seed)
     settings, study = session.settings, session.study
     target = trials if trials is not None else settings.trials
-    objective = Objective.for_search(
-        settings,
-        SearchSpace.load(settings.space),
-        ProxyTask(proxy_config),
-        session.tracker,
-        session.parent,
-        hooks,
-    )
+    space, proxy = SearchSpace.load(settings.space), ProxyTask(proxy_config)
+    objective = Objective.for_search(settings, space, proxy, session.tracker, session.parent, hooks)
     name = process_name()
     log.info(
         "worker %s joins study %s (sampler seed %d), target %d trials",
@@ -61,7 +56,9 @@ def run_worker(
         target,
     )
     run = trial_function(objective, worker=name)
-    session.optimize(run, target, wait=False, on_trial_end=on_trial_end)
+    session.optimize(
+        run, target, wait=False, on_trial_end=on_trial_end, fresh=screen_for(settings, space, proxy)
+    )
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if finished_count(study) >= target and not running:
         session.finish(target)
