@@ -80,7 +80,9 @@ class Tracker:
         return run.info.run_id
 
     # ---- trial runs ----------------------------------------------------------------------------
-    def trial_run(self, parent_id: str, number: int, tags: Mapping[str, str] | None = None) -> str:
+    def trial_run(self, parent_id: str, number: int, tags: Mapping[str, Any] | None = None) -> str:
+        """A child run of `parent_id` for trial `number`; `tags` as strings (an MLflow server
+        takes nothing else)."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{number:04d}",
@@ -88,7 +90,7 @@ class Tracker:
                 PARENT_TAG: parent_id,
                 STUDY_TAG: self.study,
                 TRIAL_TAG: str(number),
-                **(tags or {}),
+                **{k: str(v) for k, v in (tags or {}).items()},
             },
         )
         return run.info.run_id
