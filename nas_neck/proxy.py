@@ -117,7 +117,7 @@ class ProxyTask:
         flops, params = count_flops(neck, (inputs,)), count_params(neck)  # on the CPU, untimed
         timed = {"neck": (neck, inputs)} if c.latency_scope == "neck" else {}
         timed["neck+head"] = (detector, inputs)
-        reference, key = self._reference()
+        reference, key = self.latency_reference()
         timing = {
             "threads": c.latency_threads,
             "warmup": c.latency_warmup,
@@ -151,7 +151,7 @@ class ProxyTask:
         model = Detector(arch, channels, self.num_classes, self.config.train)
         return model.neck, NeckWithHead(model.neck, model.head)
 
-    def _reference(self) -> tuple[tuple[nn.Module, list[Tensor]], dict[str, Any]]:
+    def latency_reference(self) -> tuple[tuple[nn.Module, list[Tensor]], dict[str, Any]]:
         """The reference latencies are relative to (`REFERENCE_ARCH` on this backbone's maps, with
         the head in detector scope) and its inputs; and the key of its calibration."""
         c = self.config

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -66,3 +67,12 @@ def save(image: np.ndarray, path: Path, mode: str | None = None) -> Path:
         pil = pil.convert(mode)
     pil.save(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Predict tests on one torch thread (import it into a test module to apply it there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from predict_fixtures import NAMES, make_checkpoint, plate, save
+from predict_fixtures import NAMES, make_checkpoint, one_thread, plate, save  # noqa: F401 (autouse)
 from typer.testing import CliRunner
 
 from nas_neck.cli import app
@@ -21,14 +21,6 @@ from nas_neck.data.coco import read_image
 from nas_neck.predict import from_checkpoint
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -225,7 +225,7 @@ def test_cost_records_comparable_latency_and_how_it_was_measured(proxy: ProxyTas
 
 
 def test_calibration_key_follows_the_latency_settings(proxy: ProxyTask) -> None:
-    _, key = proxy._reference()
+    _, key = proxy.latency_reference()
     assert key["threads"] == 1 and key["input_size"] == proxy.config.input_size
     assert key["target"] == "torch" and key["scope"] == "neck" and key["torch"] == torch.__version__
     assert key["processor"]
@@ -236,7 +236,7 @@ def test_calibration_key_follows_the_latency_settings(proxy: ProxyTask) -> None:
         {"latency_scope": "detector"},
     ]
     for settings in others:
-        assert _with(proxy, **settings)._reference()[1] != key, settings
+        assert _with(proxy, **settings).latency_reference()[1] != key, settings
 
 
 def test_one_calibration_per_setting_in_the_cache_root(proxy: ProxyTask) -> None:

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-import torch
 from PIL import Image
-from predict_fixtures import INPUT_SIZE, NAMES, make_checkpoint, plate, save
+from predict_fixtures import INPUT_SIZE, NAMES, make_checkpoint, one_thread, plate, save  # noqa: F401 (autouse)
 from typer.testing import CliRunner
 
 from nas_neck.cli import app
@@ -23,14 +22,6 @@ from nas_neck.predict.images import Photo, read_photo
 
 runner = CliRunner()
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,7 @@ class LatencyTable:
             raise NasNeckError(
                 f"the latency overhead fits on at least 3 whole necks, got {len(fit)}"
             )
-        reference, key = proxy._reference()
+        reference, key = proxy.latency_reference()
         self._reference = reference
         self._reference_key = key
         self._fit_hashes = [a.hash for a in self._fit_archs]
