@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -42,3 +44,17 @@ def write_result(path: Path, result: dict[str, Any], fig: plt.Figure | None = No
         fig.savefig(png, dpi=120)
         plt.close(fig)
         print(f"wrote {png}")
+
+
+def nas_neck(*args: str, threads: int, log: Path) -> subprocess.Popen:
+    """Start `nas-neck ARGS` training on `threads` CPU threads (latency stays measured on one),
+    its output going to `log`."""
+    cmd = [sys.executable, "-m", "nas_neck", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    out = open(log, "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def sqlite_urls(folder: Path, name: str) -> tuple[str, str]:
+    """The Optuna storage and MLflow tracking URLs of study `name` under `folder`."""
+    return f"sqlite:///{folder / name}.db", f"sqlite:///{folder / name}-mlflow.db"

@@ -31,15 +31,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
-from _common import OUT, write_result
+from _common import OUT, nas_neck, sqlite_urls, write_result
 
 from nas_neck.pareto import front, hypervolume
 from nas_neck.search.confirm import confirmed
@@ -52,25 +50,16 @@ METHODS = {
 LABELS = {"plain": "plain TPE (3 epochs each)", "mf": "multi-fidelity TPE (rungs 1,3,9)"}
 
 
-def _cli(*args: str, threads: int, log: Path) -> subprocess.Popen:
-    """`nas-neck ARGS` training on `threads` CPU threads (latency stays measured on one)."""
-    cmd = [sys.executable, "-m", "nas_neck", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    out = open(log, "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _storage(folder: Path, name: str) -> tuple[str, str]:
-    return f"sqlite:///{folder / name}.db", f"sqlite:///{folder / name}-mlflow.db"
-
-
 def _rows(name: str, storage: str) -> list[dict]:
     study = optuna.load_study(study_name=name, storage=storage)
+    attrs = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
     return [
         {
             "trial": r.trial,
             "baseline": r.baseline,
             "latency_ms": r.cost,
+            "latency_ratio": attrs[r.trial].get("latency_ratio"),
+            "reference_ms": attrs[r.trial].get("latency_reference_ms"),
             "map": r.mean,
             "sd": r.sd,
             "seeds": r.seeds,
@@ -78,6 +67,12 @@ def _rows(name: str, storage: str) -> list[dict]:
         }
         for r in confirmed(study)
     ]
+
+
+def _on_reference(rows: list[dict], reference_ms: float) -> list[dict]:
+    """`rows` with their latency as ratio x `reference_ms`: studies calibrated their reference
+    `fpn` at different times (and loads), and ms are comparable only on one reference."""
+    return [r | {"latency_ms": r["latency_ratio"] * reference_ms} for r in rows]
 
 
 def _counts(name: str, storage: str) -> dict[str, int]:
@@ -99,8 +94,8 @@ def _run_pair(args: argparse.Namespace, seed: int, folder: Path) -> dict:
     procs = {}
     for method, extra in METHODS.items():
         name = f"{method}-s{seed}"
-        storage, tracking = _storage(folder, name)
-        procs[method] = _cli(
+        storage, tracking = sqlite_urls(folder, name)
+        procs[method] = nas_neck(
             "search",
             "--space", args.space,
             "--study", name,
@@ -124,16 +119,16 @@ def _run_pair(args: argparse.Namespace, seed: int, folder: Path) -> dict:
     out = {"wall_s": time.time() - start, "load_avg_1m_end": os.getloadavg()[0]}
     for method in METHODS:
         name = f"{method}-s{seed}"
-        storage, _ = _storage(folder, name)
+        storage, _ = sqlite_urls(folder, name)
         out[method] = {"confirmed": _rows(name, storage), **_counts(name, storage)}
     return out
 
 
 def _baselines(args: argparse.Namespace, folder: Path) -> list[dict]:
     """FPN, PAFPN, BiFPN and NAS-FPN: trained once at the quick budget, then confirmed alone."""
-    storage, tracking = _storage(folder, "baselines")
+    storage, tracking = sqlite_urls(folder, "baselines")
     common = ["--storage", storage]
-    search = _cli(
+    search = nas_neck(
         "search",
         "--space", args.space,
         "--study", "baselines",
@@ -148,7 +143,7 @@ def _baselines(args: argparse.Namespace, folder: Path) -> list[dict]:
     )  # fmt: skip
     if search.wait():
         raise SystemExit(f"the baselines' search failed; see {folder / 'baselines.log'}")
-    conf = _cli(
+    conf = nas_neck(
         "confirm",
         "--study", "baselines",
         *common,
@@ -292,8 +287,19 @@ def main() -> None:
     if not seeds or not base_file.exists():
         print("not summarised yet: rerun with --part all once the searches and baselines are done")
         return
-    state["baselines"] = json.loads(base_file.read_text())
-    summary = _summary(seeds, state["baselines"])
+    # Re-read every confirmed front from its study (the state may predate a field), and put the
+    # baselines on the searches' reference (one cache, so one calibration; checked).
+    for seed, s in seeds.items():
+        for m in METHODS:
+            s[m]["confirmed"] = _rows(f"{m}-s{seed}", sqlite_urls(folder, f"{m}-s{seed}")[0])
+    refs = {r["reference_ms"] for s in seeds.values() for m in METHODS for r in s[m]["confirmed"]}
+    if len(refs) != 1:
+        raise SystemExit(f"the searches measured latency against {len(refs)} references: {refs}")
+    (reference_ms,) = refs
+    state["baselines"] = _on_reference(
+        _rows("baselines", sqlite_urls(folder, "baselines")[0]), reference_ms
+    )
+    summary = _summary(seeds, state["baselines"]) | {"reference_ms": reference_ms}
     for seed, s in seeds.items():
         for m in METHODS:
             r = s[m]

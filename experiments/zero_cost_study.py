@@ -10,9 +10,12 @@ beat), and the surrogate's tau by cross-validation.
 Training results go to `--maps` as soon as each exists (and reuse the 3-epoch results of
 `proxy_fidelity.json` for the same architectures), so an interrupted run resumes where it stopped;
 `--phase analyse` computes proxies and statistics on what is trained so far, in another process,
-without touching the training file.
+without touching the training file. `--phase ingest --from-studies DB...` adds the candidates other
+experiments trained at the same quick budget (the plain searches of studies 7 and 11: 3 epochs at
+256 px on the default plates; family = the study's space), so their training is not paid twice.
 
     python experiments/zero_cost_study.py [--size 65] [--threads 1] [--phase all|train|analyse]
+    python experiments/zero_cost_study.py --phase ingest --from-studies out/screening/plain-s*.db
 """
 
 from __future__ import annotations
@@ -103,6 +106,52 @@ def train_phase(args: argparse.Namespace) -> None:
             f"load {os.getloadavg()[0]:.2f})",
             flush=True,
         )
+
+
+def ingest_phase(args: argparse.Namespace) -> None:
+    """Add the quick-budget candidates of finished studies (SQLite files) to the training file."""
+    import optuna
+
+    from nas_neck.fidelity import is_candidate
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = _read(args.maps)
+    maps = data.setdefault("architectures", {})
+    budget = {"epochs": TrainConfig().epochs, "input_size": ProxyConfig().input_size}
+    added = 0
+    for db in args.from_studies:
+        storage = f"sqlite:///{db.resolve()}"
+        for summary in optuna.get_all_study_summaries(storage):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            space = study.user_attrs.get("space")
+            if (study.user_attrs.get("proxy") or {}).get("input_size") != budget["input_size"]:
+                continue
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                a = t.user_attrs
+                if (
+                    not is_candidate(a)
+                    or a.get("epochs") != budget["epochs"]
+                    or "duplicate_of" in a
+                    or "arch" not in a
+                    or not np.isfinite(a.get("map", np.nan))
+                    or a["arch_hash"] in maps
+                ):
+                    continue
+                maps[a["arch_hash"]] = {
+                    "name": a["arch"].get("name", a["arch_hash"]),
+                    "family": space,
+                    "summary": a.get("summary"),
+                    "map": a["map"],
+                    "train_s": a.get("train_s"),
+                    "from": f"{db.name}:{summary.study_name}#{t.number}",
+                    "arch": a["arch"],
+                }
+                added += 1
+    data.setdefault("budget", budget)
+    _write_atomic(args.maps, data)
+    print(
+        f"ingested {added} architectures from {len(args.from_studies)} studies ({len(maps)} in all)"
+    )
 
 
 def _ranks(x: list[float], y: list[float]) -> dict[str, float | None]:
@@ -242,13 +291,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=65, help="architectures (5 classics + samples)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for training and proxies")
-    p.add_argument("--phase", choices=["all", "train", "analyse"], default="all")
+    p.add_argument("--phase", choices=["all", "train", "analyse", "ingest"], default="all")
+    p.add_argument("--from-studies", type=Path, nargs="*", default=[], help="SQLite studies")
     p.add_argument("--seed", type=int, default=0, help="seed of the proxies' batches and weights")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the surrogate")
     p.add_argument("--maps", type=Path, default=OUT / "zero_cost_maps.json")
     p.add_argument("--out", type=Path, default=OUT / "zero_cost_study.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.phase == "ingest":
+        ingest_phase(args)
     if args.phase in ("all", "train"):
         train_phase(args)
     if args.phase in ("all", "analyse"):

@@ -152,6 +152,39 @@ def test_latency_budget_screens_out_slow_candidates(proxy: ProxyTask) -> None:
     assert screener.choose(candidates, max_latency_ms=0.5) == 0  # none fits: the fastest
 
 
+def test_pareto_aware_screening_picks_the_largest_hypervolume_gain(proxy: ProxyTask) -> None:
+    """With the study's front, each candidate's accuracy is the signal fitted to the finished
+    trials (here mAP = params exactly, so the fit is exact) and the one adding the most
+    hypervolume wins, even if another has more parameters."""
+    candidates = [load_architecture(n) for n in ("light", "pafpn", "bifpn")]
+    zc = ZeroCost(proxy, **SMALL)
+    params = [zc.score(c, ["params"])["params"] for c in candidates]
+    finished = [(c, 1e-8 * p) for c, p in zip(candidates, params, strict=True)]
+    acc = [1e-8 * p for p in params]
+    # pafpn (most parameters) and light are predicted behind the front's first point; bifpn,
+    # predicted faster than the whole front, adds hypervolume.
+    front = [(2.0, acc[1] + 0.01), (6.0, max(acc) + 0.02)]
+    screener = Screener("params", proxy, latency=_Latency([4.0, 3.0, 1.0]), zero_cost=zc)
+    result = screener.screen(candidates, finished, front=front)
+    assert result.predicted == pytest.approx(acc, rel=1e-6)
+    assert result.latency_ms == [4.0, 3.0, 1.0]
+    assert result.gains[1] == pytest.approx(0.0, abs=1e-12)  # dominated by (2.0, ...)
+    assert result.index == int(np.argmax(result.gains)) == 2
+    assert screener.screen(candidates, finished[:2], front=front).index == 1  # no fit: params
+    # No candidate adds hypervolume: the one closest above the front at its latency.
+    high = [(0.5, 1.0)]
+    assert screener.screen(candidates, finished, front=high).index == int(np.argmax(acc))
+
+
+def test_hypervolume_gains_by_hand() -> None:
+    from nas_neck.screen.screener import _gains
+
+    gains, gaps = _gains([(2.0, 0.4), (4.0, 0.5)], [1.0, 3.0, 5.0], [0.3, 0.45, 0.45])
+    # ref = (1.1 x 5.0, 0): (1, 0.3) adds 1 x 0.3; (3, .45) adds 1 x 0.05; (5, .45) nothing.
+    assert gains == pytest.approx([0.3, 0.05, 0.0])
+    assert gaps == pytest.approx([0.3, 0.05, -0.05])
+
+
 def test_cross_validated_tau_of_a_learnable_target() -> None:
     """mAP that one proxy determines: the out-of-fold ranking follows it (given enough trials
     for ridge to find that column among ~40)."""

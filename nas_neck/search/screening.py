@@ -1,5 +1,8 @@
 """Screening in the search (`--screen N`): the sampler proposes N candidates and the best by the
-screening signal (`nas_neck.screen`) is the one trained.
+screening signal (`nas_neck.screen`) is the one trained. With latency as the cost the choice is
+Pareto-aware: the proposal whose predicted (latency, accuracy) adds the most hypervolume to the
+study's trained candidates (`Screener.screen`'s `front`), so screening does not simply favour the
+largest necks the way an accuracy proxy alone would.
 
 Proposals: a scratch in-memory copy of the study's candidates is asked N times by a sampler of
 the search's kind, seeded by the search seed and the number of candidates so far, and each asked
@@ -24,7 +27,7 @@ from optuna.trial import TrialState
 
 from nas_neck.dsl import Architecture, OptunaSampler, SearchSpace
 from nas_neck.fidelity import is_candidate
-from nas_neck.metrics import finite
+from nas_neck.metrics import cost_attr, finite
 from nas_neck.search.settings import SearchSettings
 from nas_neck.search.study import make_sampler
 
@@ -76,10 +79,12 @@ class Screen:
         novel = [i for i, (_, a) in enumerate(proposals) if a.hash not in seen]
         pool = novel or list(range(len(proposals)))  # all seen: let the dedupe reuse one
         archs = [proposals[i][1] for i in pool]
+        trained = _trained(trials, self.settings.accuracy)
         result = self.screener.screen(
             archs,
-            _finished(trials, self.settings.accuracy),
+            _finished(trained),
             max_latency_ms=self.settings.max_latency_ms,
+            front=_front(trained, self.settings.cost),
         )
         chosen = pool[result.index]
         params = proposals[chosen][0]
@@ -92,6 +97,9 @@ class Screen:
         }
         if result.latency_ms is not None:
             record["predicted_latency_ms"] = [float(v) for v in result.latency_ms]
+        if result.predicted is not None:
+            record["predicted_accuracy"] = [float(v) for v in result.predicted]
+            record["hypervolume_gain"] = [float(v) for v in result.gains]
         study.enqueue_trial(params, user_attrs={SCREENED: record})
         log.info(
             "screened %d proposals by %s: training %s",
@@ -113,10 +121,10 @@ def screen_for(
     return Screen(settings.screen, screener, space, settings)
 
 
-def _finished(
+def _trained(
     trials: list[optuna.trial.FrozenTrial], accuracy: str
-) -> list[tuple[Architecture, float]]:
-    """(architecture, accuracy) of the trained candidates: what the surrogate is fit on."""
+) -> list[tuple[optuna.trial.FrozenTrial, float]]:
+    """The trained candidates with a finite accuracy, and that accuracy."""
     out = []
     for t in trials:
         a = t.user_attrs
@@ -129,7 +137,29 @@ def _finished(
             and value is not None
             and "arch" in a
         ):
-            out.append(
-                (SearchSpace.from_dict(a["arch"], source=f"trial {t.number}").sample(), value)
-            )
+            out.append((t, value))
     return out
+
+
+def _finished(
+    trained: list[tuple[optuna.trial.FrozenTrial, float]],
+) -> list[tuple[Architecture, float]]:
+    """(architecture, accuracy) of the trained candidates: what the surrogate is fit on."""
+    return [
+        (SearchSpace.from_dict(t.user_attrs["arch"], source=f"trial {t.number}").sample(), value)
+        for t, value in trained
+    ]
+
+
+def _front(
+    trained: list[tuple[optuna.trial.FrozenTrial, float]], cost: str
+) -> list[tuple[float, float]] | None:
+    """(latency ms, accuracy) of the trained candidates: what a proposal must add to; None when
+    the study's cost is not latency (the table predicts latency only)."""
+    if cost != "latency":
+        return None
+    return [
+        (float(t.user_attrs[cost_attr(cost)]), value)
+        for t, value in trained
+        if finite(t.user_attrs.get(cost_attr(cost))) is not None
+    ]
