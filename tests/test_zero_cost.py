@@ -170,7 +170,15 @@ def test_pareto_aware_screening_picks_the_largest_hypervolume_gain(proxy: ProxyT
     assert result.latency_ms == [4.0, 3.0, 1.0]
     assert result.gains[1] == pytest.approx(0.0, abs=1e-12)  # dominated by (2.0, ...)
     assert result.index == int(np.argmax(result.gains)) == 2
-    assert screener.screen(candidates, finished[:2], front=front).index == 1  # no fit: params
+    # No fit yet (2 finished): the first proposal no other beats on predicted latency and params
+    # (light is slower than pafpn and smaller).
+    assert screener.screen(candidates, finished[:2], front=front).index == 1
+    assert (
+        Screener("params", proxy, latency=_Latency([1.0, 3.0, 4.0]), zero_cost=zc)
+        .screen(candidates, finished[:2], front=front)
+        .index
+        == 0
+    )  # light is the fastest now: nobody beats it
     # No candidate adds hypervolume: the one closest above the front at its latency.
     high = [(0.5, 1.0)]
     assert screener.screen(candidates, finished, front=high).index == int(np.argmax(acc))

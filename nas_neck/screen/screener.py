@@ -129,7 +129,8 @@ class Screener:
         linearly to the finished trials' accuracies) and its latency by the table, and the one
         whose predicted point adds the most hypervolume to `front` is chosen (none adds any: the
         one predicted closest above the front at its latency). Until a prediction exists (fewer
-        than 3 finished trials, or a signal constant over them) the score alone decides."""
+        than 3 finished trials, or a signal constant over them), the sampler's first proposal
+        that no other beats on both predicted latency and score."""
         if not archs:
             raise NasNeckError("screening needs at least one candidate")
         scores, signal = self._scores(archs, finished)
@@ -142,9 +143,13 @@ class Screener:
             if not candidates:
                 index = int(np.argmin(latency))
                 return Screening(index, scores, signal, latency)
-        predicted = None if front is None else self._predicted(scores, signal, archs, finished)
-        if predicted is None:
+        if front is None:
             index = max(candidates, key=lambda i: (scores[i], -i))
+            log.debug("screened %d candidates by %s: chose %d", len(archs), signal, index)
+            return Screening(index, scores, signal, latency)
+        predicted = self._predicted(scores, signal, archs, finished)
+        if predicted is None:
+            index = next(i for i in candidates if not _beaten(i, candidates, latency, scores))
             log.debug("screened %d candidates by %s: chose %d", len(archs), signal, index)
             return Screening(index, scores, signal, latency)
         gains, gaps = _gains(front, latency, predicted)
@@ -203,6 +208,16 @@ class Screener:
 def _valid(finished: Sequence[Finished]) -> list[Finished]:
     """The finished trials with a finite accuracy."""
     return [(a, float(m)) for a, m in finished if m is not None and math.isfinite(m)]
+
+
+def _beaten(i: int, among: Sequence[int], latency: list[float], scores: list[float]) -> bool:
+    """Whether another candidate is at least as fast and scores at least as high, one strictly."""
+    return any(
+        latency[j] <= latency[i]
+        and scores[j] >= scores[i]
+        and (latency[j] < latency[i] or scores[j] > scores[i])
+        for j in among
+    )
 
 
 def _gains(
