@@ -181,7 +181,9 @@ def main() -> None:
     ap.add_argument("--space", default="pafpn-family")
     ap.add_argument("--screen", type=int, default=8, help="proposals per trained candidate")
     ap.add_argument(
-        "--signal", default="params", help="--screen-signal (params: the best of study 10)"
+        "--signal",
+        default="flops",
+        help="--screen-signal (flops: the best in pafpn-family, study 10)",
     )
     ap.add_argument(
         "--threads", type=int, default=1, help="training threads per search (two run side by side)"
