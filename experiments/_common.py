@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,25 @@ def nas_neck(*args: str, threads: int, log: Path) -> subprocess.Popen:
 def sqlite_urls(folder: Path, name: str) -> tuple[str, str]:
     """The Optuna storage and MLflow tracking URLs of study `name` under `folder`."""
     return f"sqlite:///{folder / name}.db", f"sqlite:///{folder / name}-mlflow.db"
+
+
+def searches_side_by_side(
+    folder: Path, seed: int, methods: dict[str, list[str]], common: list[str], threads: int
+) -> dict[str, float]:
+    """Run one `nas-neck search` per method at once (study `METHOD-sSEED` in `folder`, `common`
+    then the method's own options), so that both get the same machine and the same load; the
+    wall-clock and the load average at the end."""
+    procs = {}
+    for method, extra in methods.items():
+        name = f"{method}-s{seed}"
+        storage, tracking = sqlite_urls(folder, name)
+        procs[method] = nas_neck(
+            "search", "--study", name, "--storage", storage, "--tracking-uri", tracking,
+            "--seed", str(seed), "--out", str(folder / "runs"), *common, *extra,
+            threads=threads, log=folder / f"{name}.log",
+        )  # fmt: skip
+    start = time.time()
+    codes = {m: p.wait() for m, p in procs.items()}
+    if any(codes.values()):
+        raise SystemExit(f"seed {seed}: a search failed ({codes}); see the logs in {folder}")
+    return {"wall_s": time.time() - start, "load_avg_1m_end": os.getloadavg()[0]}

@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
-from _common import OUT, nas_neck, sqlite_urls, write_result
+from _common import OUT, nas_neck, searches_side_by_side, sqlite_urls, write_result
 
 from nas_neck.pareto import front, hypervolume
 from nas_neck.search.confirm import confirmed
@@ -91,32 +89,12 @@ def _counts(name: str, storage: str) -> dict[str, int]:
 
 def _run_pair(args: argparse.Namespace, seed: int, folder: Path) -> dict:
     """Both searches of one seed, side by side, then their confirmations."""
-    procs = {}
-    for method, extra in METHODS.items():
-        name = f"{method}-s{seed}"
-        storage, tracking = sqlite_urls(folder, name)
-        procs[method] = nas_neck(
-            "search",
-            "--space", args.space,
-            "--study", name,
-            "--storage", storage,
-            "--tracking-uri", tracking,
-            "--seed", str(seed),
-            "--baselines", "",
-            "--budget-minutes", str(args.minutes),
-            "--confirm", str(args.confirm),
-            "--confirm-epochs", str(args.confirm_epochs),
-            "--confirm-seeds", str(args.confirm_seeds),
-            "--out", str(folder / "runs"),
-            *extra,
-            threads=args.threads,
-            log=folder / f"{name}.log",
-        )  # fmt: skip
-    start = time.time()
-    codes = {m: p.wait() for m, p in procs.items()}
-    if any(codes.values()):
-        raise SystemExit(f"seed {seed}: a search failed ({codes}); see the logs in {folder}")
-    out = {"wall_s": time.time() - start, "load_avg_1m_end": os.getloadavg()[0]}
+    common = [
+        "--space", args.space, "--baselines", "", "--budget-minutes", str(args.minutes),
+        "--confirm", str(args.confirm), "--confirm-epochs", str(args.confirm_epochs),
+        "--confirm-seeds", str(args.confirm_seeds),
+    ]  # fmt: skip
+    out = searches_side_by_side(folder, seed, METHODS, common, args.threads)
     for method in METHODS:
         name = f"{method}-s{seed}"
         storage, _ = sqlite_urls(folder, name)

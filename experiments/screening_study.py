@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
-from _common import OUT, nas_neck, sqlite_urls, write_result
+from _common import OUT, nas_neck, searches_side_by_side, sqlite_urls, write_result
 
 from nas_neck.pareto import front, hypervolume
 
@@ -79,31 +78,10 @@ def _failed(name: str, storage: str) -> int:
 
 
 def _run_pair(args: argparse.Namespace, seed: int, folder: Path) -> dict:
-    procs = {}
-    for method, extra in _methods(args).items():
-        name = f"{method}-s{seed}"
-        storage, tracking = sqlite_urls(folder, name)
-        procs[method] = nas_neck(
-            "search",
-            "--space", args.space,
-            "--study", name,
-            "--storage", storage,
-            "--tracking-uri", tracking,
-            "--seed", str(seed),
-            "--baselines", "",
-            "--epochs", "3",
-            "--budget-minutes", str(args.minutes),
-            "--out", str(folder / "runs"),
-            *extra,
-            threads=args.threads,
-            log=folder / f"{name}.log",
-        )  # fmt: skip
-    start = time.time()
-    codes = {m: p.wait() for m, p in procs.items()}
-    if any(codes.values()):
-        raise SystemExit(f"seed {seed}: a search failed ({codes}); see the logs in {folder}")
-    out = {"wall_s": time.time() - start, "load_avg_1m_end": os.getloadavg()[0]}
-    for method in procs:
+    common = ["--space", args.space, "--baselines", "", "--epochs", "3",
+              "--budget-minutes", str(args.minutes)]  # fmt: skip
+    out = searches_side_by_side(folder, seed, _methods(args), common, args.threads)
+    for method in _methods(args):
         name = f"{method}-s{seed}"
         storage, _ = sqlite_urls(folder, name)
         rows = _trained(name, storage)
@@ -201,7 +179,7 @@ def main() -> None:
         print("latency table: build (or reuse) it before the first search ...", flush=True)
         start = time.time()
         show = nas_neck(
-            "show", args.space, "--sample", "1", "--latency", "--json",
+            "show", args.space, "--sample", "1", "--latency", "--json", "--input-size", "256",
             threads=args.threads, log=folder / "table.log",
         )  # fmt: skip
         if show.wait():
