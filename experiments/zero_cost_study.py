@@ -11,11 +11,11 @@ Training results go to `--maps` as soon as each exists (and reuse the 3-epoch re
 `proxy_fidelity.json` for the same architectures), so an interrupted run resumes where it stopped;
 `--phase analyse` computes proxies and statistics on what is trained so far, in another process,
 without touching the training file. `--phase ingest --from-studies DB...` adds the candidates other
-experiments trained at the same quick budget (the plain searches of studies 7 and 11: 3 epochs at
+experiments trained at the same quick budget (e.g. the plain searches of study 7: 3 epochs at
 256 px on the default plates; family = the study's space), so their training is not paid twice.
 
     python experiments/zero_cost_study.py [--size 65] [--threads 1] [--phase all|train|analyse]
-    python experiments/zero_cost_study.py --phase ingest --from-studies out/screening/plain-s*.db
+    python experiments/zero_cost_study.py --phase ingest --from-studies out/multifidelity/plain-s?.db
 """
 
 from __future__ import annotations
