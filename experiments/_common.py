@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,29 @@ def searches_side_by_side(
     if any(codes.values()):
         raise SystemExit(f"seed {seed}: a search failed ({codes}); see the logs in {folder}")
     return {"wall_s": time.time() - start, "load_avg_1m_end": os.getloadavg()[0]}
+
+
+def run_seeds(
+    state: dict[str, Any],
+    state_file: Path,
+    n: int,
+    methods: list[str],
+    run_pair: Callable[[int], dict],
+    minutes: float,
+) -> dict[str, dict]:
+    """Run `run_pair(seed)` for each of seeds 0..n-1 not yet in ``state["seeds"]``, saving the
+    state after each. A seed interrupted mid-search starts again from scratch: its studies and
+    runs are removed first, since a resumed search would get a second budget."""
+    folder = state_file.parent
+    seeds = state.setdefault("seeds", {})
+    for seed in range(n):
+        if str(seed) in seeds:
+            continue
+        for method in methods:
+            for f in folder.glob(f"{method}-s{seed}*"):
+                f.unlink()
+            shutil.rmtree(folder / "runs" / f"{method}-s{seed}", ignore_errors=True)
+        print(f"seed {seed}: both searches side by side, {minutes:g} min each ...", flush=True)
+        seeds[str(seed)] = run_pair(seed)
+        state_file.write_text(json.dumps(state, indent=2))
+    return seeds

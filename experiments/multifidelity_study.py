@@ -28,14 +28,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
-from _common import OUT, nas_neck, searches_side_by_side, sqlite_urls, write_result
+from _common import (
+    OUT,
+    nas_neck,
+    run_seeds,
+    searches_side_by_side,
+    sqlite_urls,
+    write_result,
+)
 
 from nas_neck.pareto import front, hypervolume
 from nas_neck.search.confirm import confirmed
@@ -251,17 +257,10 @@ def main() -> None:
     if args.part in ("all", "baselines") and not base_file.exists():
         print("baselines: train and confirm FPN, PAFPN, BiFPN, NAS-FPN ...", flush=True)
         base_file.write_text(json.dumps(_baselines(args, folder), indent=2))
-    seeds = state.setdefault("seeds", {})
-    for seed in range(args.seeds if args.part in ("all", "searches") else 0):
-        if str(seed) in seeds:
-            continue
-        for method in METHODS:  # a seed interrupted mid-search starts again (one budget each)
-            for f in folder.glob(f"{method}-s{seed}*"):
-                f.unlink()
-            shutil.rmtree(folder / "runs" / f"{method}-s{seed}", ignore_errors=True)
-        print(f"seed {seed}: both searches side by side, {args.minutes:g} min each ...", flush=True)
-        seeds[str(seed)] = _run_pair(args, seed, folder)
-        state_file.write_text(json.dumps(state, indent=2))
+    seeds = run_seeds(
+        state, state_file, args.seeds if args.part in ("all", "searches") else 0, list(METHODS),
+        lambda seed: _run_pair(args, seed, folder), args.minutes,
+    )  # fmt: skip
     if not seeds or not base_file.exists():
         print("not summarised yet: rerun with --part all once the searches and baselines are done")
         return

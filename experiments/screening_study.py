@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -34,7 +33,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
-from _common import OUT, nas_neck, searches_side_by_side, sqlite_urls, write_result
+from _common import (
+    OUT,
+    nas_neck,
+    run_seeds,
+    searches_side_by_side,
+    sqlite_urls,
+    write_result,
+)
 
 from nas_neck.pareto import front, hypervolume
 
@@ -187,17 +193,10 @@ def main() -> None:
         state["table_s"] = time.time() - start
         state_file.write_text(json.dumps(state, indent=2))
     methods = list(_methods(args))
-    seeds = state.setdefault("seeds", {})
-    for seed in range(args.seeds):
-        if str(seed) in seeds:
-            continue
-        for method in methods:  # a seed interrupted mid-search starts again (one budget each)
-            for f in folder.glob(f"{method}-s{seed}*"):
-                f.unlink()
-            shutil.rmtree(folder / "runs" / f"{method}-s{seed}", ignore_errors=True)
-        print(f"seed {seed}: both searches side by side, {args.minutes:g} min each ...", flush=True)
-        seeds[str(seed)] = _run_pair(args, seed, folder)
-        state_file.write_text(json.dumps(state, indent=2))
+    seeds = run_seeds(
+        state, state_file, args.seeds, methods, lambda seed: _run_pair(args, seed, folder),
+        args.minutes,
+    )  # fmt: skip
     summary = _summary(seeds, methods)
     for seed, s in seeds.items():
         for m in methods:
