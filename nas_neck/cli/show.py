@@ -16,7 +16,7 @@ from rich.table import Table
 from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
-from nas_neck.config import DEFAULT_BACKBONE
+from nas_neck.config import DEFAULT_BACKBONE, ProxyConfig
 from nas_neck.dsl import Architecture, load_space
 from nas_neck.errors import NasNeckError
 from nas_neck.metrics import ACCURACY_METRICS, COST_COLUMNS, finite
@@ -29,7 +29,9 @@ def show(
         None, help="A search space or architecture: a YAML file or a shipped name (e.g. fpn)."
     ),
     input_size: Annotated[int, opt.INPUT_SIZE] = typer.Option(
-        512, help=f"Square input size for FLOPs ({opt.INPUT_SIZE.expected})."
+        ProxyConfig().input_size,
+        help=f"Square input size for FLOPs and --latency, {opt.INPUT_SIZE.expected}; the "
+        "default is the search's.",
     ),
     backbone: Annotated[str, checks.BACKBONE] = typer.Option(
         DEFAULT_BACKBONE, help="timm backbone giving the input channels."
