@@ -13,6 +13,7 @@ import numpy as np
 
 from nas_neck.dsl import Architecture
 from nas_neck.errors import NasNeckError
+from nas_neck.pareto.front import front as nondominated
 from nas_neck.pareto.front import hypervolume, reference_point
 from nas_neck.proxy import ProxyTask
 from nas_neck.screen.latency_table import LatencyTable
@@ -149,7 +150,8 @@ class Screener:
             return Screening(index, scores, signal, latency)
         predicted = self._predicted(scores, signal, archs, finished)
         if predicted is None:
-            index = next(i for i in candidates if not _beaten(i, candidates, latency, scores))
+            points = np.column_stack([latency, scores])[candidates]
+            index = min(candidates[k] for k in nondominated(points))  # the sampler's order
             log.debug("screened %d candidates by %s: chose %d", len(archs), signal, index)
             return Screening(index, scores, signal, latency)
         gains, gaps = _gains(front, latency, predicted)
@@ -208,16 +210,6 @@ class Screener:
 def _valid(finished: Sequence[Finished]) -> list[Finished]:
     """The finished trials with a finite accuracy."""
     return [(a, float(m)) for a, m in finished if m is not None and math.isfinite(m)]
-
-
-def _beaten(i: int, among: Sequence[int], latency: list[float], scores: list[float]) -> bool:
-    """Whether another candidate is at least as fast and scores at least as high, one strictly."""
-    return any(
-        latency[j] <= latency[i]
-        and scores[j] >= scores[i]
-        and (latency[j] < latency[i] or scores[j] > scores[i])
-        for j in among
-    )
 
 
 def _gains(
