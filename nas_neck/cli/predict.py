@@ -12,12 +12,13 @@ from rich.table import Table
 from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
-from nas_neck.config import TrainConfig
+from nas_neck.config import NESTED_OVERLAP, TrainConfig
 from nas_neck.errors import NasNeckError
 from nas_neck.search.study import DEFAULT_STORAGE
 
 SCORE = checks.Range(low=0, high=1, integer=False)
 OVERLAP = checks.Range(low=0, high=0.9, integer=False)
+FRACTION = checks.Range(low=0, high=1, integer=False)
 RUNTIMES = ("auto", "onnx", "torch")
 DEFAULT_OVERLAP = 0.2
 _SHOWN_ROWS = 20
@@ -84,6 +85,11 @@ def predict(
     overlap: Annotated[float, OVERLAP] = typer.Option(
         DEFAULT_OVERLAP, help="With --tile: overlap between tiles, a fraction of the tile."
     ),
+    nested_overlap: Annotated[float, FRACTION] = typer.Option(
+        NESTED_OVERLAP,
+        help="Drop a box when this much of its inscribed disc lies inside a higher-scoring "
+        "box's (a colony found again as a part of itself); 0 keeps every box.",
+    ),
     dish_crop: bool = typer.Option(
         False, "--dish-crop", help="Find the dish and crop to it so the plate fills the input."
     ),
@@ -117,6 +123,7 @@ def predict(
         agnostic=class_agnostic,
         tile=tile,
         overlap=overlap,
+        nested_overlap=nested_overlap,
         dish_crop=dish_crop,
         batch_size=batch_size,
     )

@@ -3,7 +3,7 @@ pictures, counts and detections written as it goes and, given ground truth, COCO
 
 Each photo: read (`images.read_photo`), optionally cropped to its dish (`dish.dish_region`),
 detected whole (letterboxed like training) or in tiles (`tiling.sliced_detect`), mapped back
-to photo pixels. A photo that cannot be read is reported by name and skipped; the others are
+to photo pixels, rid of nested duplicates (`nested.drop_nested`). A photo that cannot be read is reported by name and skipped; the others are
 still predicted and written, and the report lists what was skipped.
 
 Ground truth (a COCO file) is matched to the photos by ``file_name`` (the path relative to the
@@ -23,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from nas_neck.config import NESTED_OVERLAP
 from nas_neck.data.coco import read_json
 from nas_neck.detect.evaluate import coco_evaluate, count_mae
 from nas_neck.errors import DataError, NasNeckError
 from nas_neck.predict.dish import dish_region
 from nas_neck.predict.images import IMAGE_SUFFIXES, read_photo
+from nas_neck.predict.nested import drop_nested
 from nas_neck.predict.outputs import PICTURE_SIDE, annotate, write_counts, write_json, write_png
 from nas_neck.predict.sources import AGNOSTIC_NAME, LoadedModel
 from nas_neck.predict.tiling import Detections, sliced_detect, whole_detect
@@ -61,6 +63,7 @@ class PredictOptions:
     dish_crop: bool = False
     batch_size: int = 8
     max_det: int = 300  # per input (per tile when sliced)
+    nested_overlap: float = NESTED_OVERLAP  # `nested.drop_nested`; 0 keeps nested boxes
     pictures: bool = True
 
 
@@ -173,6 +176,7 @@ def predict_photos(
             )
         else:
             found = whole_detect(photo, region, detect, size)
+        found = drop_nested(found, options.nested_overlap, agnostic=options.agnostic)
         counted = found.above(options.score_thresh)
         counts = {name: int((counted.labels == k).sum()) for k, name in enumerate(names)}
         report.rows.append(
