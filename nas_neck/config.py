@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 # predict: a box whose inscribed disc lies this much inside a higher-scoring box's is a nested
-# duplicate (`nas_neck.predict.nested`); 0.2 to 0.4 count alike in study 8 of RESULTS.md
+# duplicate (`nas_neck.detect.nested`); 0.2 to 0.4 count alike in study 8 of RESULTS.md
 NESTED_OVERLAP = 0.3
 
 

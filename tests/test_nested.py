@@ -1,4 +1,5 @@
-"""Nested duplicates: the disc overlap, the greedy drop, and `predict` applying it."""
+"""Nested duplicates: the disc overlap, the greedy drop, and `predict` applying it (the exported
+detector's copy: tests/test_detector_export.py)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from predict_fixtures import make_checkpoint, one_thread, plate, save  # noqa: F401 (autouse)
 from typer.testing import CliRunner
 
 from nas_neck.cli import app
-from nas_neck.predict.nested import disc_overlap, drop_nested
-from nas_neck.predict.tiling import Detections
+from nas_neck.detect.nested import disc_overlap, nested_keep
 
 
-def _boxes(*xyxy: tuple[float, float, float, float]) -> np.ndarray:
-    return np.array(xyxy, np.float64)
+def _boxes(*xyxy: tuple[float, float, float, float]) -> torch.Tensor:
+    return torch.tensor(xyxy, dtype=torch.float64)
 
 
 def test_disc_overlap_of_known_configurations() -> None:
-    big = np.array([0.0, 0.0, 100.0, 100.0])
+    big = _boxes((0, 0, 100, 100))[0]
     got = disc_overlap(
         big,
         _boxes(
@@ -41,28 +42,26 @@ def test_a_colony_touching_a_large_one_diagonally_is_not_nested() -> None:
     c = 50 + 55 / math.sqrt(2)
     small = _boxes((c - 5, c - 5, c + 5, c + 5))
     assert small[0, 2] <= 100 and small[0, 3] <= 100  # box inside box: an IoS of 1
-    assert disc_overlap(np.array([0.0, 0, 100, 100]), small)[0] < 0.01
+    assert disc_overlap(_boxes((0, 0, 100, 100))[0], small)[0] < 0.01
 
 
-def test_drop_nested_keeps_the_higher_score_and_neighbours() -> None:
-    found = Detections(
-        np.array(
-            [
-                [0, 0, 40, 40],  # a colony
-                [10, 10, 30, 30],  # a part of it, lower score: dropped
-                [40, 0, 80, 40],  # its touching neighbour: kept
-                [50, 10, 70, 30],  # a part of the neighbour scoring higher than it: kept ...
-            ],
-            np.float32,
-        ),
-        np.array([0.9, 0.5, 0.4, 0.8], np.float32),
-        np.array([0, 0, 0, 1]),
+def test_nested_keep_keeps_the_higher_score_and_neighbours() -> None:
+    boxes = torch.tensor(
+        [
+            [0, 0, 40, 40],  # a colony
+            [10, 10, 30, 30],  # a part of it, lower score: dropped
+            [40, 0, 80, 40],  # its touching neighbour: kept ...
+            [50, 10, 70, 30],  # ... unless this part of it, scoring higher, stands for it
+        ],
+        dtype=torch.float32,
     )
-    kept = drop_nested(found, 0.3)
-    np.testing.assert_allclose(kept.scores, [0.9, 0.8])  # ... and the neighbour goes instead
-    per_class = drop_nested(found, 0.3, agnostic=False)
-    np.testing.assert_allclose(per_class.scores, [0.9, 0.4, 0.8])
-    assert len(drop_nested(found, 0.0)) == 4
+    scores = torch.tensor([0.9, 0.5, 0.4, 0.8])
+    labels = torch.tensor([0, 0, 0, 1])
+    kept = nested_keep(boxes, scores, labels, 0.3, agnostic=True)
+    np.testing.assert_array_equal(kept, [True, False, False, True])
+    per_class = nested_keep(boxes, scores, labels, 0.3, agnostic=False)
+    np.testing.assert_array_equal(per_class, [True, False, True, True])
+    assert nested_keep(boxes, scores, labels, 0.0, agnostic=True).all()
 
 
 def test_predict_drops_nested_boxes_and_zero_keeps_them(tmp_path: Path) -> None:
@@ -78,8 +77,8 @@ def test_predict_drops_nested_boxes_and_zero_keeps_them(tmp_path: Path) -> None:
         found[value] = json.loads((out / "detections.json").read_text())
 
     def nested_pairs(dets: list[dict]) -> int:
-        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)])
-        labels = np.array([d["category_id"] for d in dets])
+        boxes = _boxes(*([x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)))
+        labels = torch.tensor([d["category_id"] for d in dets])
         return sum(
             int((disc_overlap(boxes[i], boxes[i + 1 :])[labels[i + 1 :] == labels[i]] >= 0.3).sum())
             for i in range(len(dets) - 1)

@@ -7,8 +7,9 @@ Files (beside the `neck.py` and `head.safetensors` `export_neck` writes):
   and W, and returning the head's raw outputs (``cls_logits`` [B, N, K], ``box_ltrb`` [B, N, 4]
   in input pixels); the backbone is built by timm (same version: the weight names are timm's),
   the neck imported from ``neck.py`` beside it, the head's source copied in. It also holds
-  ``letterbox`` (the resizing training used) and ``postprocess`` (sigmoid, threshold, top-k,
-  class-aware NMS, clipping: what ``nas_neck.detect.decode`` does) and ``detect_image``;
+  ``letterbox`` (the resizing training used), ``postprocess`` (sigmoid, threshold, top-k,
+  class-aware NMS, clipping: what ``nas_neck.detect.decode`` does), ``nested_keep`` (copied
+  from ``nas_neck.detect.nested``) and ``detect_image``;
 - ``detector.safetensors``: its weights;
 - ``detector.onnx``: the same forward (normalisation inside the graph), dynamic batch and sides;
   decoding and NMS stay outside the graph, as the documented post-process in ``detector.py``
@@ -35,8 +36,10 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from nas_neck.config import NESTED_OVERLAP
 from nas_neck.detect.decode import decode
 from nas_neck.detect.head import DetectionHead, HeadOutput, anchor_points
+from nas_neck.detect.nested import nested_keep
 from nas_neck.errors import NasNeckError
 from nas_neck.export.source import _copies
 
@@ -279,7 +282,7 @@ def _write(path: Path, text: str) -> Path:
 # ---- the generated file ---------------------------------------------------------------------
 def detector_source(settings: dict[str, Any]) -> str:
     """The text of ``detector.py`` for `settings` (backbone, normalisation, head, classes)."""
-    copied, imports = _copies([DetectionHead], fused=False)
+    copied, imports = _copies([DetectionHead, nested_keep], fused=False)
     consts = [
         f"BACKBONE = {json.dumps(settings['backbone'])}",
         f"OUT_INDICES = {tuple(settings['out_indices'])!r}",
@@ -290,6 +293,7 @@ def detector_source(settings: dict[str, Any]) -> str:
         f"STRIDES = {tuple(settings['strides'])!r}",
         f"HEAD = {json.dumps(settings['head'])}",
         "PAD_VALUE = 114 / 255  # letterbox padding",
+        f"NESTED_OVERLAP = {NESTED_OVERLAP}  # detect_image drops nested duplicates (nested_keep)",
     ]
     header = _HEADER.replace("{IMPORTS}", "\n".join(sorted(imports)))
     body = "\n\n\n".join(c.rstrip("\n") for c in copied)
@@ -446,10 +450,15 @@ def _batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) -> T
 
 @torch.no_grad()
 def detect_image(
-    detector: nn.Module, image, score_thresh: float = 0.35, size: int = INPUT_SIZE
+    detector: nn.Module,
+    image,
+    score_thresh: float = 0.35,
+    size: int = INPUT_SIZE,
+    nested_overlap: float = NESTED_OVERLAP,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Boxes (xyxy, image pixels), scores and labels (index into CATEGORIES) of one (H, W, 3)
-    RGB image in [0, 1], letterboxed to `size` as in training."""
+    RGB image in [0, 1], letterboxed to `size` as in training, without nested duplicates (a
+    colony found again as a part of itself: `nested_keep`; 0 keeps them), as nas-neck predict."""
     x, scale, pad_x, pad_y = letterbox(image, size)
     cls_logits, box_ltrb = detector(x[None])
     found = postprocess(cls_logits, box_ltrb, (size, size), score_thresh=score_thresh)
@@ -458,5 +467,7 @@ def detect_image(
     boxes = (boxes - torch.tensor([pad_x, pad_y, pad_x, pad_y])) / scale
     boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([w, h, w, h]))
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # not all in the padding
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = nested_keep(boxes, scores, labels, nested_overlap, agnostic=False)
     return boxes[keep], scores[keep], labels[keep]
 '''

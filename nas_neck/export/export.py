@@ -288,7 +288,8 @@ def _readme(neck: GraphNeck, info: SearchInfo, manifest: dict[str, Any]) -> str:
     if "detector" in manifest:
         lines += [
             "| `detector.py`, `detector.safetensors` | backbone + neck + head as one module "
-            "(`Detector`), with `letterbox`, `postprocess` (decoding, NMS) and `detect_image`; "
+            "(`Detector`), with `letterbox`, `postprocess` (decoding, NMS), `nested_keep` and "
+            "`detect_image`; "
             "needs torch, timm and safetensors, not nas_neck |",
             "| `detector.onnx` | the same detector in ONNX: images (B, 3, H, W) in [0, 1] in, "
             "`cls_logits`, `box_ltrb` out; decode with `detector.postprocess` |",

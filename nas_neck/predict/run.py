@@ -3,7 +3,7 @@ pictures, counts and detections written as it goes and, given ground truth, COCO
 
 Each photo: read (`images.read_photo`), optionally cropped to its dish (`dish.dish_region`),
 detected whole (letterboxed like training) or in tiles (`tiling.sliced_detect`), mapped back
-to photo pixels, rid of nested duplicates (`nested.drop_nested`). A photo that cannot be read is reported by name and skipped; the others are
+to photo pixels, rid of nested duplicates (`nas_neck.detect.nested`). A photo that cannot be read is reported by name and skipped; the others are
 still predicted and written, and the report lists what was skipped.
 
 Ground truth (a COCO file) is matched to the photos by ``file_name`` (the path relative to the
@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nas_neck.config import NESTED_OVERLAP
 from nas_neck.data.coco import read_json
 from nas_neck.detect.evaluate import coco_evaluate, count_mae
+from nas_neck.detect.nested import nested_keep
 from nas_neck.errors import DataError, NasNeckError
 from nas_neck.predict.dish import dish_region
 from nas_neck.predict.images import IMAGE_SUFFIXES, read_photo
-from nas_neck.predict.nested import drop_nested
 from nas_neck.predict.outputs import PICTURE_SIDE, annotate, write_counts, write_json, write_png
 from nas_neck.predict.sources import AGNOSTIC_NAME, LoadedModel
 from nas_neck.predict.tiling import Detections, sliced_detect, whole_detect
@@ -63,7 +64,7 @@ class PredictOptions:
     dish_crop: bool = False
     batch_size: int = 8
     max_det: int = 300  # per input (per tile when sliced)
-    nested_overlap: float = NESTED_OVERLAP  # `nested.drop_nested`; 0 keeps nested boxes
+    nested_overlap: float = NESTED_OVERLAP  # `detect.nested.nested_keep`; 0 keeps every box
     pictures: bool = True
 
 
@@ -176,7 +177,7 @@ def predict_photos(
             )
         else:
             found = whole_detect(photo, region, detect, size)
-        found = drop_nested(found, options.nested_overlap, agnostic=options.agnostic)
+        found = found.take(_nested_keep(found, options))
         counted = found.above(options.score_thresh)
         counts = {name: int((counted.labels == k).sum()) for k, name in enumerate(names)}
         report.rows.append(
@@ -216,6 +217,16 @@ def _results(found: Detections, image_id: int, category_ids: list[int]) -> list[
             boxes.tolist(), found.scores.tolist(), found.labels.tolist(), strict=True
         )
     ]
+
+
+def _nested_keep(found: Detections, options: PredictOptions) -> np.ndarray:
+    """Which of `found` are not nested duplicates (`nas_neck.detect.nested`)."""
+    keep = nested_keep(
+        *map(torch.from_numpy, (found.boxes, found.scores, found.labels)),
+        options.nested_overlap,
+        options.agnostic,
+    )
+    return keep.numpy()
 
 
 def _picture_name(file_name: str, used: set[str]) -> str:

@@ -61,7 +61,10 @@ class Detections:
         return len(self.scores)
 
     def above(self, score: float) -> Detections:
-        keep = self.scores >= score
+        return self.take(self.scores >= score)
+
+    def take(self, keep: np.ndarray) -> Detections:
+        """The detections where the boolean mask `keep` is true."""
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
 
 
