@@ -19,11 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from nas_neck.backbone import FrozenBackbone
-from nas_neck.config import ProxyConfig
+from nas_neck.config import NESTED_OVERLAP, ProxyConfig
 from nas_neck.data.cache import FeatureCache, default_cache_root
 from nas_neck.data.coco import CocoDetection
 from nas_neck.data.synth import ensure_default_dataset
 from nas_neck.detect.evaluate import coco_evaluate, count_mae, to_coco_results
+from nas_neck.detect.nested import nested_keep
 from nas_neck.detect.trainer import Detector, load_checkpoint, predict, save_checkpoint, train
 from nas_neck.device import default_device
 from nas_neck.dsl import Architecture, load_architecture
@@ -228,20 +229,30 @@ class ProxyTask:
         )
 
     def evaluate(self, model: Detector, val_cache: Any) -> dict[str, float]:
-        """COCO metrics and colony-count MAE on the validation split, in original coordinates."""
+        """COCO metrics and colony-count MAE on the validation split, in original coordinates.
+
+        The count is `nas-neck predict`'s: detections scoring at least `count_thresh`, without
+        nested duplicates (`nas_neck.detect.nested`, per class); mAP is on the decoder's output.
+        """
         cfg = self.config.train
         preds = predict(model, val_cache, cfg, self.device)
+        metrics = coco_evaluate(self.val_set.coco, self._results(preds), max_dets=cfg.max_det)
+        counted = [_counted(p, cfg.count_thresh) for p in preds]
+        metrics["count_mae"] = count_mae(
+            self.val_set.coco, self._results(counted), cfg.count_thresh
+        )
+        return metrics
+
+    def _results(self, preds: list[dict[str, Tensor]]) -> list[dict[str, Any]]:
+        """Decoded validation predictions as COCO results in original pixels."""
         ds = self.val_set
-        results = to_coco_results(
+        return to_coco_results(
             preds,
             ds.image_ids,
             [ds.letterbox_params(i) for i in range(len(ds))],
             ds.category_ids,
             image_sizes=[(im["height"], im["width"]) for im in ds.coco.dataset["images"]],
         )
-        metrics = coco_evaluate(ds.coco, results, max_dets=cfg.max_det)
-        metrics["count_mae"] = count_mae(ds.coco, results, cfg.count_thresh)
-        return metrics
 
     def save(self, outcome: Outcome, path: Path) -> Path:
         """Write `outcome` as a checkpoint at `path`, atomically (`save_checkpoint`): a full disk
@@ -294,3 +305,12 @@ def _backbone_channels(name: str, levels: tuple[int, ...]) -> tuple[int, ...]:
     info = timm.create_model(name, pretrained=False, features_only=True).feature_info
     by_stride = dict(zip(info.reduction(), info.channels(), strict=True))
     return tuple(by_stride[2**lvl] for lvl in levels)
+
+
+def _counted(pred: dict[str, Tensor], thresh: float) -> dict[str, Tensor]:
+    """The detections of one image that `predict` counts: scoring at least `thresh`, without
+    nested duplicates (a higher-scoring box decides alone, so dropping the rest first is the
+    same)."""
+    pred = {k: v[pred["scores"] >= thresh] for k, v in pred.items()}
+    keep = nested_keep(pred["boxes"], pred["scores"], pred["labels"], NESTED_OVERLAP, False)
+    return {k: v[keep] for k, v in pred.items()}

@@ -6,8 +6,9 @@ import pytest
 import torch
 from search_fixtures import tiny_config
 
-from nas_neck.config import TrainConfig
-from nas_neck.detect.trainer import Detector, TrainingDiverged, load_checkpoint, train
+from nas_neck.config import NESTED_OVERLAP, TrainConfig
+from nas_neck.detect.nested import nested_keep
+from nas_neck.detect.trainer import Detector, TrainingDiverged, load_checkpoint, predict, train
 from nas_neck.dsl import SearchSpace, load_architecture
 from nas_neck.proxy import ProxyTask
 
@@ -81,3 +82,29 @@ def test_training_works_with_p2_and_p3_to_p7_outputs(proxy, extra):
     assert outcome.model.neck.out_levels == expected
     assert all(loss == loss for loss in outcome.losses) and outcome.losses[-1] < outcome.losses[0]
     assert 0.0 <= outcome.metrics["map"] <= 1.0
+
+
+def test_the_count_is_predicts_without_nested_duplicates(proxy):
+    """The search's count MAE counts as `nas-neck predict` does: scores >= count_thresh, nested
+    duplicates dropped per class."""
+    arch = load_architecture(SPACES / "light.yaml")
+    _, val_cache, backbone = proxy.caches(arch.inputs)
+    cfg = proxy.config.train
+    torch.manual_seed(0)
+    model = Detector(arch, backbone.channels, proxy.num_classes, cfg)
+    with torch.no_grad():  # an eager head: many boxes, some inside others
+        model.head.cls_pred.weight.normal_(0, 0.5)
+        model.head.cls_pred.bias.fill_(1.0)
+        model.head.box_pred.weight.normal_(0, 0.3)
+    metrics = proxy.evaluate(model, val_cache)
+    coco = proxy.val_set.coco
+    truth = [len(coco.getAnnIds(imgIds=[i], iscrowd=False)) for i in proxy.val_set.image_ids]
+    counted, raw = [], []
+    for p in predict(model, val_cache, cfg, CPU):
+        above = p["scores"] >= cfg.count_thresh
+        boxes, scores, labels = p["boxes"][above], p["scores"][above], p["labels"][above]
+        counted.append(int(nested_keep(boxes, scores, labels, NESTED_OVERLAP, False).sum()))
+        raw.append(int(above.sum()))
+    assert sum(counted) < sum(raw)  # there were nested duplicates to drop
+    want = sum(abs(c - t) for c, t in zip(counted, truth, strict=True)) / len(truth)
+    assert metrics["count_mae"] == pytest.approx(want)
