@@ -96,7 +96,9 @@ class ProxyTask:
         return self._caches[levels]
 
     def channels(self, levels: tuple[int, ...]) -> list[int]:
-        return self.caches(levels)[2].channels
+        """The backbone's channels at `levels`, from timm's feature info: what `cost` and the
+        latency table need, without the weights or a feature cache."""
+        return list(_backbone_channels(self.config.backbone, levels))
 
     # ---- cost --------------------------------------------------------------------------------
     def cost(self, arch: Architecture) -> dict[str, Any]:
@@ -157,7 +159,7 @@ class ProxyTask:
         the head in detector scope) and its inputs; and the key of its calibration."""
         c = self.config
         arch = load_architecture(REFERENCE_ARCH)
-        channels = list(_backbone_channels(c.backbone, arch.inputs))
+        channels = self.channels(arch.inputs)
         neck, detector = self._detector(arch, channels)
         inputs = feature_inputs(channels, [2**lvl for lvl in arch.inputs], c.input_size)
         key = machine_key(c.latency_threads, c.latency_target, self.device) | {
