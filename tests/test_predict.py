@@ -111,6 +111,19 @@ def test_tiled_predict_and_score_threshold(models, photos, tmp_path) -> None:
     assert int(_counts(tmp_path / "strict")[0]["total"]) < int(_counts(out)[0]["total"])
 
 
+def test_large_whole_photos_get_a_tile_hint(models, photos, tmp_path) -> None:
+    big = save(plate((1200, 900)), tmp_path / "big.jpg")  # 18x the 64 px input
+    args = ["--checkpoint", models["silent"], "--out", tmp_path / "out"]
+    whole = _invoke([big, *args])
+    assert whole.exit_code == 0, whole.output
+    assert "note: 1 of 1 photo(s) are over 4x the 64 px input" in whole.output
+    assert "try --tile 256" in whole.output
+    for quiet in ([big, *args, "--tile", "256"], [photos / "rgb.jpg", *args]):
+        result = _invoke(quiet)
+        assert result.exit_code == 0, result.output
+        assert "note:" not in result.output
+
+
 def test_empty_photos_give_zero_counts(models, tmp_path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()
