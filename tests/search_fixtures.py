@@ -25,3 +25,17 @@ def tiny_config(root: Path, **train) -> ProxyConfig:
 
 def tiny_proxy(root: Path, **train) -> ProxyTask:
     return ProxyTask(tiny_config(root, **train))
+
+
+def unfitted_choice(record: dict) -> int:
+    """Which proposal a screener with no accuracy fit yet trains, from a trial's `screened`
+    record: the first that no other beats on both predicted latency and score."""
+    lat, score = record["predicted_latency_ms"], record["scores"]
+    return next(
+        i
+        for i in range(len(lat))
+        if not any(
+            lat[j] <= lat[i] and score[j] >= score[i] and (lat[j], score[j]) != (lat[i], score[i])
+            for j in range(len(lat))
+        )
+    )

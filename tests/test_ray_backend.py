@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from optuna.trial import TrialState
-from search_fixtures import tiny_config, tiny_proxy
+from search_fixtures import tiny_config, tiny_proxy, unfitted_choice
 
 from nas_neck.errors import NasNeckError
 from nas_neck.pareto import front_trials
@@ -143,6 +143,25 @@ def test_a_multifidelity_search_on_ray_promotes_like_a_local_one(cluster, root):
     assert len(claims) == len(set(claims))
     parent, _ = _mlflow(root, "ray-mf")
     assert parent.info.status == "FINISHED"
+
+
+def test_a_screened_search_on_ray_trains_the_chosen_proposals(cluster, root):
+    settings = _settings(
+        root, "ray-screen", trials=3, baselines=["light"], screen=4, screen_signal="flops"
+    )
+    study = run_ray_search(settings, tiny_config(root), ray_address=cluster.address)
+    assert sum(counted(t) for t in study.trials) == 3
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    screened = [t for t in study.trials if "screened" in t.user_attrs]
+    assert len(screened) == 2  # every candidate but the baseline
+    for t in screened:
+        record = t.user_attrs["screened"]
+        assert record["signal"] == "flops" and record["proposed"] == 4
+        assert record["chosen"] == t.user_attrs["arch_hash"]
+        # too few trained for an accuracy fit: the screener's rule for that, as on the local path
+        assert record["chosen"] == record["hashes"][unfitted_choice(record)]
+        assert t.user_attrs["worker"].startswith("ray:")
+    assert len({t.user_attrs["arch_hash"] for t in study.trials}) == 3
 
 
 def test_a_failing_ray_trial_ends_fail_with_its_reason(cluster, root):

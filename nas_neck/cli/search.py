@@ -157,10 +157,6 @@ def search(
             raise checks.OptionError(
                 "--screen-signal", f"one of {', '.join(signals())}", screen_signal
             )
-    if backend == "ray" and screen > 1:
-        raise NasNeckError(
-            "--screen runs with --backend local and `nas-neck worker`s, not yet on Ray"
-        )
     if backend == "ray" and confirm:
         raise NasNeckError(
             "--confirm runs with --backend local; confirm a Ray search afterwards with "

@@ -7,7 +7,8 @@ is meant to be better for each one. Each proxy starts from a fresh copy of the i
 none depends on which ran before (BatchNorm running statistics, synflow's sign flip).
 
 * ``params``: the neck's parameters (the baseline to beat; as `ProxyTask.cost` counts them).
-* ``flops``: the neck's FLOPs at batch 1 on the cached feature shapes (`count_flops`).
+* ``flops``: the neck's FLOPs at batch 1 on the cached feature shapes (`count_flops`); this and
+  ``params`` need shapes only, so scoring by them builds no feature cache.
 * ``grad_norm``: sum over conv / linear layers of the L2 norm of the loss gradient of their
   weights, one batch (Abdelfattah et al. 2021).
 * ``snip``: ``sum |w * dL/dw|`` over conv / linear weights, one batch (Lee et al. 2019).
@@ -45,7 +46,7 @@ from nas_neck.detect.loss import DetectionLoss
 from nas_neck.detect.trainer import Detector
 from nas_neck.dsl import Architecture
 from nas_neck.errors import NasNeckError
-from nas_neck.measure import count_flops, count_params
+from nas_neck.measure import count_flops, count_params, feature_inputs
 from nas_neck.proxy import ProxyTask
 
 __all__ = ["PROXIES", "ZeroCost"]
@@ -104,22 +105,29 @@ class ZeroCost:
         self, arch: Architecture, proxies: Sequence[str] = PROXIES
     ) -> dict[str, tuple[float, float]]:
         """``{proxy: (value, seconds it took)}`` for `arch`."""
-        unknown = [p for p in proxies if p not in _PROXIES]
+        unknown = [p for p in proxies if p not in _PROXIES and p not in _SHAPES_ONLY]
         if unknown:
             raise NasNeckError(
                 f"unknown zero-cost proxy {unknown[0]!r}; expected one of {', '.join(PROXIES)}"
             )
-        batches = self._batches_for(arch.inputs)
-        channels = [f.shape[1] for f in batches[0][0]]
+        channels = self.proxy.channels(arch.inputs)
+        # params and flops need shapes only: no feature cache is built for them
+        needs_data = any(name not in _SHAPES_ONLY for name in proxies)
+        batches = self._batches_for(arch.inputs) if needs_data else []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = Detector(arch, channels, self.proxy.num_classes, self.proxy.config.train)
+            strides = [2**lvl for lvl in arch.inputs]
+            shapes = feature_inputs(channels, strides, self.proxy.config.input_size)
         results = {}
         for name in proxies:
             start = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                value = _PROXIES[name](copy.deepcopy(model), batches)
+                if name in _SHAPES_ONLY:
+                    value = _SHAPES_ONLY[name](model, shapes)
+                else:
+                    value = _PROXIES[name](copy.deepcopy(model), batches)
             results[name] = (_finite(name, value, arch), time.perf_counter() - start)
         return results
 
@@ -162,13 +170,13 @@ def _backward(model: Detector, batch: Batch) -> None:
     DetectionLoss()(model(features), targets)["loss"].backward()
 
 
-def _params(model: Detector, batches: list[Batch]) -> float:
+def _params(model: Detector, inputs: list[Tensor]) -> float:
     return float(count_params(model.neck))
 
 
-def _flops(model: Detector, batches: list[Batch]) -> float:
-    features = [f[:1] for f in batches[0][0]]
-    return float(count_flops(model.neck, (features,)))
+def _flops(model: Detector, inputs: list[Tensor]) -> float:
+    """The neck's FLOPs on batch-1 maps of the cached features' shapes (`feature_inputs`)."""
+    return float(count_flops(model.neck, (inputs,)))
 
 
 def _grad_norm(model: Detector, batches: list[Batch]) -> float:
@@ -238,9 +246,11 @@ def _zico(model: Detector, batches: list[Batch]) -> float:
     return score
 
 
-_PROXIES: dict[str, Callable[[Detector, list[Batch]], float]] = {
+_SHAPES_ONLY: dict[str, Callable[[Detector, list[Tensor]], float]] = {
     "params": _params,
     "flops": _flops,
+}
+_PROXIES: dict[str, Callable[[Detector, list[Batch]], float]] = {
     "grad_norm": _grad_norm,
     "snip": _snip,
     "synflow": _synflow,

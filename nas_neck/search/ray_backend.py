@@ -43,6 +43,7 @@ from nas_neck.proxy import ProxyTask
 from nas_neck.search.objective import Objective, trial_architecture
 from nas_neck.search.probe import check_ray_address
 from nas_neck.search.rungs import Budget, Step, next_step
+from nas_neck.search.screening import screen_for
 from nas_neck.search.session import prepare_study
 from nas_neck.search.settings import SearchSettings, shared
 from nas_neck.search.study import Heartbeat, make_sampler, make_storage
@@ -97,7 +98,12 @@ def run_ray_search(
                 "parent": session.parent,
                 "threads": cpus_per_trial,
             }
-            if settings.rungs or settings.budget_minutes is not None:
+            # Screening chooses each fresh candidate on the driver, from proposals the sampler
+            # draws there (`nas_neck.search.screening`), as a local search does.
+            fresh = None
+            if settings.screen > 1:
+                fresh = screen_for(settings, job["space"], ProxyTask(proxy_config))
+            if settings.rungs or settings.budget_minutes is not None or fresh is not None:
                 # One open-ended `Tuner.fit()`: before each Tune trial the searcher decides, as a
                 # local search does, between a queued trial, a promotion and a fresh candidate.
                 budget = Budget(settings.budget_minutes)
@@ -112,7 +118,7 @@ def run_ray_search(
                     session.tracker,
                     on_trial_end,
                     decide=lambda: next_step(
-                        session.study, settings.schedule, settings.trials, budget
+                        session.study, settings.schedule, settings.trials, budget, fresh
                     ),
                 )
             else:
