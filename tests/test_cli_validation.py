@@ -202,7 +202,6 @@ def test_ray_options_need_the_ray_backend():
 
 def test_multifidelity_options_that_do_not_combine():
     for args, words in [
-        (["--backend", "ray", "--confirm", "2"], "nas-neck confirm"),
         (["--rungs", "1,3", "--epochs", "2"], "first rung's epochs"),
     ]:
         result = _invoke(SEARCH + args)

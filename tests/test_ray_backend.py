@@ -16,6 +16,7 @@ from search_fixtures import tiny_config, tiny_proxy, unfitted_choice
 
 from nas_neck.errors import NasNeckError
 from nas_neck.pareto import front_trials
+from nas_neck.search.confirm import confirmed
 from nas_neck.search.ray_backend import run_ray_search
 from nas_neck.search.runner import run_search
 from nas_neck.search.settings import SearchSettings
@@ -162,6 +163,32 @@ def test_a_screened_search_on_ray_trains_the_chosen_proposals(cluster, root):
         assert record["chosen"] == record["hashes"][unfitted_choice(record)]
         assert t.user_attrs["worker"].startswith("ray:")
     assert len({t.user_attrs["arch_hash"] for t in study.trials}) == 3
+
+
+def test_a_ray_search_confirms_its_front_on_ray_tasks(cluster, root):
+    settings = _settings(
+        root,
+        "ray-confirm",
+        trials=2,
+        baselines=["light"],
+        confirm=1,
+        confirm_epochs=1,
+        confirm_seeds=2,
+    )
+    study = run_ray_search(settings, tiny_config(root), ray_address=cluster.address)
+    runs = [t for t in study.trials if t.user_attrs.get("role") == "confirm"]
+    # the top candidate and the baseline (unless the baseline is the top), 2 seeds each
+    rows = confirmed(study)
+    assert len(runs) == 2 * len(rows) and {r.baseline for r in rows} >= {"light"}
+    assert all(t.state == TrialState.COMPLETE for t in runs)
+    assert all(t.user_attrs["worker"].startswith("ray:") for t in runs)
+    assert sorted(t.user_attrs["seed"] for t in runs) == sorted([0, 1] * len(rows))
+    for r in rows:
+        values = [t.values[0] for t in runs if t.user_attrs["arch_hash"] == r.arch_hash]
+        assert r.seeds == 2 and r.mean == pytest.approx(sum(values) / 2)
+    parent, _ = _mlflow(root, "ray-confirm")
+    assert parent.info.status == "FINISHED"
+    assert any(k.endswith(".light.map_sd") for k in parent.data.metrics)
 
 
 def test_a_failing_ray_trial_ends_fail_with_its_reason(cluster, root):

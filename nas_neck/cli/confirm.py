@@ -64,12 +64,9 @@ def confirm(
                 progress.hooks,
             )
             with session.interruptible():
+                run = trial_function(objective)
                 session.confirm(
-                    trial_function(objective),
-                    top,
-                    epochs,
-                    seeds,
-                    on_trial_end=progress.on_trial_end,
+                    lambda: session.drain(run, progress.on_trial_end), top, epochs, seeds
                 )
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished runs are saved; rerun to resume.")

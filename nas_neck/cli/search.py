@@ -157,11 +157,6 @@ def search(
             raise checks.OptionError(
                 "--screen-signal", f"one of {', '.join(signals())}", screen_signal
             )
-    if backend == "ray" and confirm:
-        raise NasNeckError(
-            "--confirm runs with --backend local; confirm a Ray search afterwards with "
-            "`nas-neck confirm --study NAME` (its runs go to `nas-neck worker`s too)"
-        )
     if rungs and epochs is not None:
         raise NasNeckError(
             "--epochs and --rungs: with --rungs a candidate trains the first rung's epochs"

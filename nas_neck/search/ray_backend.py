@@ -103,21 +103,28 @@ def run_ray_search(
             fresh = None
             if settings.screen > 1:
                 fresh = screen_for(settings, job["space"], ProxyTask(proxy_config))
-            if settings.rungs or settings.budget_minutes is not None or fresh is not None:
-                # One open-ended `Tuner.fit()`: before each Tune trial the searcher decides, as a
-                # local search does, between a queued trial, a promotion and a fresh candidate.
-                budget = Budget(settings.budget_minutes)
+
+            def run(samples: int, decide: Callable[[], Step] | None = None) -> None:
                 _tune(
                     session.study,
                     sampler,
                     job,
-                    -1,
+                    samples,
                     cpus_per_trial,
                     gpus_per_trial,
                     concurrency,
                     session.tracker,
                     on_trial_end,
-                    decide=lambda: next_step(
+                    decide,
+                )
+
+            if settings.rungs or settings.budget_minutes is not None or fresh is not None:
+                # One open-ended `Tuner.fit()`: before each Tune trial the searcher decides, as a
+                # local search does, between a queued trial, a promotion and a fresh candidate.
+                budget = Budget(settings.budget_minutes)
+                run(
+                    -1,
+                    lambda: next_step(
                         session.study, settings.schedule, settings.trials, budget, fresh
                     ),
                 )
@@ -125,22 +132,23 @@ def run_ray_search(
                 # One `Tuner.fit()` a round, of the trials still to claim (at most 3 rounds:
                 # trials that fail without a reason run again); the session waits for workers'.
                 for todo in session.slots(settings.trials, rounds=3):
-                    _tune(
-                        session.study,
-                        sampler,
-                        job,
-                        todo,
-                        cpus_per_trial,
-                        gpus_per_trial,
-                        concurrency,
-                        session.tracker,
-                        on_trial_end,
-                    )
+                    run(todo)
+            if settings.confirm:
+                # The confirmation runs are queued trials: Tune trials until none waits.
+                session.confirm(lambda: run(-1, lambda: _queued_step(session.study)))
     finally:
         if started:
             ray.shutdown()
     session.finish(ended=True)
     return session.study
+
+
+def _queued_step(study: optuna.Study) -> Step:
+    """`run` while a trial waits in the queue, `wait` while one runs, then `done`."""
+    states = {t.state for t in study.get_trials(deepcopy=False)}
+    if TrialState.WAITING in states:
+        return "run"
+    return "wait" if TrialState.RUNNING in states else "done"
 
 
 # ---- driver --------------------------------------------------------------------------------------

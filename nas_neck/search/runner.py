@@ -37,6 +37,6 @@ def run_search(
     with session.interruptible():
         session.optimize(run, settings.trials, on_trial_end=on_trial_end, fresh=fresh)
         if settings.confirm:
-            session.confirm(run, on_trial_end=on_trial_end)
+            session.confirm(lambda: session.drain(run, on_trial_end))
     session.finish(ended=True)
     return session.study

@@ -132,17 +132,19 @@ class Session:
 
     def confirm(
         self,
-        func: TrialFunc,
+        drain: Callable[[], None],
         top: int | None = None,
         epochs: int | None = None,
         seeds: int | None = None,
-        on_trial_end: TrialEnd | None = None,
     ) -> list[Confirmed]:
         """Retrain the `top` candidates of the final front and the baselines from scratch for
         `epochs` with training seeds 0 .. `seeds` - 1, the same for every study so confirmed
         results compare across studies (defaults: the settings' confirm, confirm_epochs and
         confirm_seeds), run the queue dry (other processes may help), and record the mean and sd
-        of each architecture on the MLflow parent run; returns them, cheapest first."""
+        of each architecture on the MLflow parent run; returns them, cheapest first.
+
+        `drain()` runs the queue dry: `Session.drain` in this process, or Tune trials on the Ray
+        driver."""
         s = self.settings
         top, epochs, seeds = (
             s.confirm if top is None else top,
@@ -152,7 +154,7 @@ class Session:
         sources = [*choose(self.study, top), *baseline_sources(self.study, s.baselines)]
         queued = enqueue_confirmations(self.study, sources, epochs, list(range(seeds)))
         log.info("confirming %d architectures: %d runs queued", len(sources), queued)
-        self.drain(func, on_trial_end)
+        drain()
         rows = confirmed(self.study, epochs)
         metrics: dict[str, float] = {}
         for r in rows:
