@@ -26,12 +26,7 @@ def disc_overlap(box: Tensor, others: Tensor) -> Tensor:
     (N, 4), all xyxy; 0 for discs that do not meet, 1 for one inside the other."""
     c0, r0 = _disc(box[None])
     c1, r1 = _disc(others)
-    d = (c1 - c0).norm(dim=1)
-    small, big = torch.minimum(r0, r1), torch.maximum(r0, r1)
-    disc = math.pi * small**2
-    area = torch.where(d <= big - small, disc, _lens_area(d, small, big))
-    area = torch.where(d >= small + big, torch.zeros_like(area), area)
-    return area / disc.clamp(min=1e-12)
+    return _fraction((c1 - c0).norm(dim=1), r0, r1)
 
 
 def nested_keep(
@@ -44,7 +39,7 @@ def nested_keep(
     alive = torch.ones(n, dtype=torch.bool)
     if overlap <= 0 or n < 2:
         return alive
-    boxes = boxes.double().cpu()
+    centre, radius = _disc(boxes.double().cpu())
     labels = labels.cpu()
     order = torch.argsort(scores.cpu(), descending=True, stable=True)
     for rank in range(n - 1):
@@ -55,8 +50,11 @@ def nested_keep(
         rest = rest[alive[rest]]
         if not agnostic:
             rest = rest[labels[rest] == labels[i]]
-        if len(rest):
-            alive[rest[disc_overlap(boxes[i], boxes[rest]) >= overlap]] = False
+        d = (centre[rest] - centre[i]).norm(dim=1)
+        near = d < radius[rest] + radius[i]  # discs that meet: the others overlap by 0
+        if near.any():
+            rest, d = rest[near], d[near]
+            alive[rest[_fraction(d, radius[i], radius[rest]) >= overlap]] = False
     return alive
 
 
@@ -65,6 +63,16 @@ def _disc(boxes: Tensor) -> tuple[Tensor, Tensor]:
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     radius = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).sum(1) / 4
     return centre, radius
+
+
+def _fraction(d: Tensor, r0: Tensor, r1: Tensor) -> Tensor:
+    """Fraction of the smaller of discs of radii `r0` and `r1` at centre distance `d` that lies
+    inside the larger."""
+    small, big = torch.minimum(r0, r1), torch.maximum(r0, r1)
+    disc = math.pi * small**2
+    area = torch.where(d <= big - small, disc, _lens_area(d, small, big))
+    area = torch.where(d >= small + big, torch.zeros_like(area), area)
+    return area / disc.clamp(min=1e-12)
 
 
 def _lens_area(d: Tensor, r: Tensor, s: Tensor) -> Tensor:
