@@ -16,7 +16,6 @@ from nas_neck.config import NESTED_OVERLAP, TrainConfig
 from nas_neck.errors import NasNeckError
 from nas_neck.search.study import DEFAULT_STORAGE
 
-SCORE = checks.Range(low=0, high=1, integer=False)
 OVERLAP = checks.Range(low=0, high=0.9, integer=False)
 FRACTION = checks.Range(low=0, high=1, integer=False)
 RUNTIMES = ("auto", "onnx", "torch")
@@ -61,7 +60,7 @@ def predict(
         help="With --export: onnx (detector.onnx in onnxruntime), torch (detector.py), or auto "
         "(onnx when there).",
     ),
-    score_thresh: Annotated[float, SCORE] = typer.Option(
+    score_thresh: Annotated[float, FRACTION] = typer.Option(
         TrainConfig().count_thresh,
         help="Score a detection needs to be drawn and counted (detections.json keeps all "
         "down to 0.05 for evaluation).",

@@ -117,8 +117,10 @@ class ZeroCost:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = Detector(arch, channels, self.proxy.num_classes, self.proxy.config.train)
-            strides = [2**lvl for lvl in arch.inputs]
-            shapes = feature_inputs(channels, strides, self.proxy.config.input_size)
+            shapes = []
+            if any(name in _SHAPES_ONLY for name in proxies):
+                strides = [2**lvl for lvl in arch.inputs]
+                shapes = feature_inputs(channels, strides, self.proxy.config.input_size)
         results = {}
         for name in proxies:
             start = time.perf_counter()

@@ -44,7 +44,7 @@ from nas_neck.search.objective import Objective, trial_architecture
 from nas_neck.search.probe import check_ray_address
 from nas_neck.search.rungs import Budget, Step, next_step
 from nas_neck.search.screening import screen_for
-from nas_neck.search.session import prepare_study
+from nas_neck.search.session import prepare_study, queue_step
 from nas_neck.search.settings import SearchSettings, shared
 from nas_neck.search.study import Heartbeat, make_sampler, make_storage
 from nas_neck.search.tracking import Tracker
@@ -135,20 +135,12 @@ def run_ray_search(
                     run(todo)
             if settings.confirm:
                 # The confirmation runs are queued trials: Tune trials until none waits.
-                session.confirm(lambda: run(-1, lambda: _queued_step(session.study)))
+                session.confirm(lambda: run(-1, lambda: queue_step(session.study)))
     finally:
         if started:
             ray.shutdown()
     session.finish(ended=True)
     return session.study
-
-
-def _queued_step(study: optuna.Study) -> Step:
-    """`run` while a trial waits in the queue, `wait` while one runs, then `done`."""
-    states = {t.state for t in study.get_trials(deepcopy=False)}
-    if TrialState.WAITING in states:
-        return "run"
-    return "wait" if TrialState.RUNNING in states else "done"
 
 
 # ---- driver --------------------------------------------------------------------------------------

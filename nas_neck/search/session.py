@@ -35,7 +35,7 @@ from nas_neck.search.confirm import (
     enqueue_confirmations,
 )
 from nas_neck.search.objective import Objective
-from nas_neck.search.rungs import Budget, next_step
+from nas_neck.search.rungs import Budget, Step, next_step
 from nas_neck.search.settings import SearchSettings, check_baselines, parent_params, shared
 from nas_neck.search.study import (
     Heartbeat,
@@ -168,10 +168,10 @@ class Session:
         misses = 0
         while misses < 3:
             fail_stale_trials(self.study, self.tracker.end_stale)
-            trials = self.study.get_trials(deepcopy=False)
-            if not any(t.state == TrialState.WAITING for t in trials):
-                if not any(t.state == TrialState.RUNNING for t in trials):
-                    return
+            step = queue_step(self.study)
+            if step == "done":
+                return
+            if step == "wait":
                 time.sleep(_WAIT_POLL_S)
                 continue
             misses += not self._run_one(func, on_trial_end)
@@ -214,6 +214,14 @@ class Session:
         if ended or finished_count(study) >= (self.settings.trials if target is None else target):
             tracker.end(parent)
         return report
+
+
+def queue_step(study: optuna.Study) -> Step:
+    """Draining the queue: `run` while a trial waits in it, `wait` while one runs, then `done`."""
+    states = {t.state for t in study.get_trials(deepcopy=False)}
+    if TrialState.WAITING in states:
+        return "run"
+    return "wait" if TrialState.RUNNING in states else "done"
 
 
 def prepare_study(settings: SearchSettings, proxy_config: ProxyConfig) -> Session:
