@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 
 __all__ = [
+    "CPU_BF16_ENV",
     "Precision",
     "autocast_context",
     "available_cpus",
@@ -43,6 +44,9 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _BF16_CAPABILITIES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 _BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16", "svebf16"})
 _CPUINFO = Path("/proc/cpuinfo")
+# Take the CPU's bf16 as native or emulated whatever it has: what `precision auto` resolves to.
+CPU_BF16_ENV = "NAS_NECK_CPU_BF16"
+_FORCED_BF16 = {"native": True, "emulated": False}
 
 
 def default_device() -> torch.device:
@@ -96,7 +100,8 @@ def resolve_precision(precision: str, device: torch.device | str) -> Precision:
     ``auto``: on CUDA, AMP (bf16 where the GPU has it natively, else fp16); on a CPU with native
     bf16, bf16 autocast (1.3-1.7x faster training steps, see the module docstring); fp32
     otherwise. An explicit ``bf16`` is honoured everywhere, with a warning (once) where it is
-    emulated. ``fp16`` (what ``auto`` gives on older GPUs) is CUDA only.
+    emulated. ``fp16`` (what ``auto`` gives on older GPUs) is CUDA only. ``$NAS_NECK_CPU_BF16``
+    (``native`` or ``emulated``) overrides what the CPU is taken to have.
     """
     device = torch.device(device)
     if precision == "fp32":
@@ -120,10 +125,18 @@ def resolve_precision(precision: str, device: torch.device | str) -> Precision:
 
 
 def _native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware (not emulated)."""
+    """Whether `device` computes bf16 in hardware (not emulated); on CPU, `CPU_BF16_ENV` set to
+    ``native`` or ``emulated`` overrides the check (the test suite runs both paths that way)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    return device.type == "cpu" and cpu_has_native_bf16()
+    if device.type != "cpu":
+        return False
+    forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if not forced:
+        return cpu_has_native_bf16()
+    if forced not in _FORCED_BF16:
+        raise ValueError(f"${CPU_BF16_ENV}: expected native or emulated, got {forced!r}")
+    return _FORCED_BF16[forced]
 
 
 @functools.cache

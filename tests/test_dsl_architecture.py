@@ -117,6 +117,24 @@ def test_gp_attention_input_order_matters_but_sum_does_not():
     assert with_inputs("gp_attention", ["P5", "P4"]) != with_inputs("gp_attention", ["P4", "P5"])
 
 
+def test_input_order_is_a_property_of_the_fusion_registry_entry(monkeypatch):
+    """A fusion registered as ordered keeps its inputs' order in the hash; a plain factory (or an
+    entry without the flag) is order-free. Nothing in the DSL names the op."""
+    from nas_neck.ops import FUSE_OPS, Fusion
+
+    def with_inputs(fuse, inputs):
+        raw = yaml.safe_load(yaml.safe_dump(PAFPN))
+        raw["nodes"]["T4"].update(fuse=fuse, inputs=inputs)
+        return _arch(raw).hash
+
+    monkeypatch.setitem(FUSE_OPS, "gated", Fusion(FUSE_OPS["gp_attention"], ordered=True))
+    monkeypatch.setitem(FUSE_OPS, "plain", FUSE_OPS["sum"].make)
+    assert with_inputs("gated", ["P5", "P4"]) != with_inputs("gated", ["P4", "P5"])
+    assert with_inputs("plain", ["P5", "P4"]) == with_inputs("plain", ["P4", "P5"])
+    monkeypatch.setitem(FUSE_OPS, "gp_attention", Fusion(FUSE_OPS["gp_attention"].make))
+    assert with_inputs("gp_attention", ["P5", "P4"]) == with_inputs("gp_attention", ["P4", "P5"])
+
+
 @pytest.mark.parametrize(
     "name", ["fpn", "pafpn", "bifpn", "nasfpn", "light", "pafpn-family", "nasfpn-free"]
 )

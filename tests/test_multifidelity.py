@@ -77,6 +77,7 @@ def _promotions(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if "promotes" in t.user_attrs]
 
 
+@pytest.mark.precision
 def test_a_promotion_continues_its_checkpoint_deterministically(root):
     proxy = tiny_proxy(root)
     arch = load_architecture("fpn")

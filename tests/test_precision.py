@@ -21,6 +21,7 @@ from nas_neck.search.settings import SearchSettings
 
 SPACES = Path(__file__).parents[1] / "search_spaces"
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.precision
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +30,23 @@ def proxy(tmp_path_factory):
 
 
 def test_auto_is_bf16_exactly_where_the_cpu_has_it_natively(monkeypatch):
+    monkeypatch.delenv(device.CPU_BF16_ENV, raising=False)
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_the_environment_forces_either_path(monkeypatch):
+    for forced, native in [("native", False), ("emulated", True)]:  # against what the CPU says
+        monkeypatch.setattr(device, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setenv(device.CPU_BF16_ENV, forced)
+        assert resolve_precision("auto", "cpu") == ("bf16" if forced == "native" else "fp32")
+    monkeypatch.setenv(device.CPU_BF16_ENV, "sometimes")
+    with pytest.raises(ValueError, match="NAS_NECK_CPU_BF16: expected native or emulated"):
+        resolve_precision("auto", "cpu")
 
 
 def test_capability_check_reads_torch_then_cpuinfo(monkeypatch, tmp_path):
@@ -62,6 +74,7 @@ def test_capability_check_reads_torch_then_cpuinfo(monkeypatch, tmp_path):
 
 
 def test_explicit_bf16_without_native_support_warns_once(monkeypatch, caplog):
+    monkeypatch.delenv(device.CPU_BF16_ENV, raising=False)
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     device._warn_once.cache_clear()
     with caplog.at_level(logging.WARNING, logger="nas_neck.device"):

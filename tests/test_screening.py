@@ -14,6 +14,7 @@ from nas_neck.search.screening import SCREENED, propose
 from nas_neck.search.settings import SearchSettings
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.precision  # the choice follows trained accuracies
 
 
 def test_proposals_are_deterministic_given_the_seed():

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-_ORDER_SENSITIVE = frozenset({"gp_attention"})  # the last input gates the others
+from nas_neck.ops.fusion import fusion_is_ordered
 
 
 @dataclass(frozen=True)
@@ -189,8 +189,8 @@ def _live_nodes(outputs: tuple[Node, ...], by_name: dict[str, Node]) -> set[str]
 
 
 def _ordered_inputs(node: Node, key: Any) -> tuple[str, ...]:
-    """Inputs in canonical order: sorted, except the gating last input of order-sensitive fusions."""
-    if node.fuse in _ORDER_SENSITIVE:
+    """Inputs in canonical order: sorted, except the last input of an ordered fusion."""
+    if fusion_is_ordered(node.fuse):
         return tuple(sorted(node.inputs[:-1], key=key)) + node.inputs[-1:]
     return tuple(sorted(node.inputs, key=key))
 

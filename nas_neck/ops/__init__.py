@@ -8,7 +8,7 @@ into standalone `neck.py` files.
 
 from nas_neck.ops.blocks import BLOCKS, deep, make_block, repeated
 from nas_neck.ops.conv import ConvAct, ConvBnAct
-from nas_neck.ops.fusion import FUSE_OPS, make_fusion
+from nas_neck.ops.fusion import FUSE_OPS, Fusion, fusion_is_ordered, make_fusion
 from nas_neck.ops.registry import build
 from nas_neck.ops.resample import DOWNSAMPLE_MODES, UPSAMPLE_MODES, Resample
 
@@ -19,9 +19,11 @@ __all__ = [
     "UPSAMPLE_MODES",
     "ConvAct",
     "ConvBnAct",
+    "Fusion",
     "Resample",
     "build",
     "deep",
+    "fusion_is_ordered",
     "make_block",
     "make_fusion",
     "repeated",

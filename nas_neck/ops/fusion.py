@@ -9,6 +9,7 @@ its `forward` as one expression over the inputs' variable names, which an export
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -124,16 +125,34 @@ class SpatialFusion(nn.Module):
         return out
 
 
-FUSE_OPS: dict[str, FusionFactory] = {
-    "sum": lambda n, channels: build(SumFusion),
-    "concat": lambda n, channels: build(ConcatFusion),
-    "weighted": lambda n, channels: build(WeightedFusion, n),
-    "softmax": lambda n, channels: build(SoftmaxFusion, n),
-    "gp_attention": lambda n, channels: build(GpAttentionFusion),
-    "spatial": lambda n, channels: build(SpatialFusion, n, channels),
+@dataclass(frozen=True)
+class Fusion:
+    """A `FUSE_OPS` entry: its factory and whether its inputs' order matters (`ordered`:
+    the last input plays its own part, so a genotype keeps it last, not sorted)."""
+
+    make: FusionFactory
+    ordered: bool = False
+
+    def __call__(self, n: int, channels: int) -> nn.Module:
+        return self.make(n, channels)
+
+
+FUSE_OPS: dict[str, Fusion | FusionFactory] = {
+    "sum": Fusion(lambda n, channels: build(SumFusion)),
+    "concat": Fusion(lambda n, channels: build(ConcatFusion)),
+    "weighted": Fusion(lambda n, channels: build(WeightedFusion, n)),
+    "softmax": Fusion(lambda n, channels: build(SoftmaxFusion, n)),
+    "gp_attention": Fusion(lambda n, channels: build(GpAttentionFusion), ordered=True),
+    "spatial": Fusion(lambda n, channels: build(SpatialFusion, n, channels)),
 }
+"""A plain factory registers an order-free fusion."""
 
 
 def make_fusion(op: str, n: int, channels: int) -> nn.Module:
     """Build fusion `op` (a `FUSE_OPS` entry) for `n` inputs of `channels` channels."""
     return lookup(FUSE_OPS, "fusion op", op)(n, channels)
+
+
+def fusion_is_ordered(op: str) -> bool:
+    """Whether fusion `op`'s inputs keep their order (unknown or plain factory: no)."""
+    return getattr(FUSE_OPS.get(op), "ordered", False)

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from nas_neck.dsl import Architecture, OptunaSampler, SearchSpace
 from nas_neck.fidelity import is_candidate
-from nas_neck.metrics import cost_attr, finite
+from nas_neck.metrics import finite
 from nas_neck.search.settings import SearchSettings
 from nas_neck.search.study import make_sampler
 
@@ -79,12 +79,12 @@ class Screen:
         novel = [i for i, (_, a) in enumerate(proposals) if a.hash not in seen]
         pool = novel or list(range(len(proposals)))  # all seen: let the dedupe reuse one
         archs = [proposals[i][1] for i in pool]
-        trained = _trained(trials, self.settings.accuracy)
+        finished = _finished(_trained(trials, self.settings.accuracy))
         result = self.screener.screen(
             archs,
-            _finished(trained),
+            finished,
             max_latency_ms=self.settings.max_latency_ms,
-            front=_front(trained, self.settings.cost),
+            front=self._front(finished),
         )
         chosen = pool[result.index]
         params = proposals[chosen][0]
@@ -107,6 +107,21 @@ class Screen:
             result.signal,
             archs[result.index].hash,
         )
+
+    def _front(
+        self, finished: list[tuple[Architecture, float]]
+    ) -> list[tuple[float, float]] | None:
+        """(latency ms, accuracy) of the trained candidates, what a proposal must add to; None
+        when the study's cost is not latency (the table predicts latency only). Latency is the
+        table's prediction, as for the proposals, not the trials' measurements: the two sides
+        compare on one scale, and the same seed and results give the same choice whatever the
+        timing noise of the machine (measured latencies vary from run to run)."""
+        if self.settings.cost != "latency":
+            return None
+        if not finished:
+            return []
+        predicted = self.screener.latency.predict_many([a for a, _ in finished])
+        return [(float(ms), value) for ms, (_, value) in zip(predicted, finished, strict=True)]
 
 
 def screen_for(
@@ -148,18 +163,4 @@ def _finished(
     return [
         (SearchSpace.from_dict(t.user_attrs["arch"], source=f"trial {t.number}").sample(), value)
         for t, value in trained
-    ]
-
-
-def _front(
-    trained: list[tuple[optuna.trial.FrozenTrial, float]], cost: str
-) -> list[tuple[float, float]] | None:
-    """(latency ms, accuracy) of the trained candidates: what a proposal must add to; None when
-    the study's cost is not latency (the table predicts latency only)."""
-    if cost != "latency":
-        return None
-    return [
-        (float(t.user_attrs[cost_attr(cost)]), value)
-        for t, value in trained
-        if finite(t.user_attrs.get(cost_attr(cost))) is not None
     ]
