@@ -49,6 +49,9 @@ def _search(root, name):
 
 @pytest.mark.slow
 def test_a_screened_search_trains_the_best_proposal_deterministically(tmp_path):
+    """Held fixed between the two searches: the seed, the data, the precision and thread count
+    (so the trained accuracies), and the latency table (one cache root). Measured latencies vary
+    from run to run; the choice must not follow them."""
     first = _search(tmp_path, "screened-a")
     pareto = 0
     for t in first.trials:
