@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from nas_neck.config import DEFAULT_BACKBONE
-from nas_neck.errors import BackboneError
+from nas_neck.errors import BackboneError, CheckpointError
+from nas_neck.safeload import load_torch_file
 
 __all__ = ["FrozenBackbone"]
 
@@ -233,7 +234,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_file(path)  # weights only: a file that would run code is refused
+    except CheckpointError:
+        raise
     except Exception as e:
         raise BackboneError(f"cannot read backbone weights {path}: {e}") from e
     for wrapper in ("state_dict_ema", "model_ema", "state_dict", "model"):

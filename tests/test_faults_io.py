@@ -338,7 +338,7 @@ def _bad_checkpoint(path: Path, damage: str) -> Path:
     elif damage == "tensor":
         torch.save(torch.zeros(3), path)
     else:
-        ckpt = torch.load(good, weights_only=False)
+        ckpt = torch.load(good, weights_only=True)
         if damage == "missing_keys":
             del ckpt["state_dict"], ckpt["num_classes"]
         elif damage == "missing_weights":

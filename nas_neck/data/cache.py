@@ -173,7 +173,10 @@ class FeatureCache:
     def _open(self) -> list[list[np.ndarray]]:
         if self._maps is None:
             self._maps = [
-                [np.load(p / f"level{lv}.npy", mmap_mode="r") for lv in self.levels]
+                [
+                    np.load(p / f"level{lv}.npy", mmap_mode="r", allow_pickle=False)
+                    for lv in self.levels
+                ]
                 for p in self.paths
             ]
         return self._maps
@@ -225,7 +228,7 @@ def _is_valid(path: Path, key: str, warn: bool = False) -> bool:
         meta = json.loads((path / "meta.json").read_text())
         for level, shape in zip(meta["levels"], meta["shapes"], strict=True):
             file = path / f"level{level}.npy"
-            mm = np.load(file, mmap_mode="r")
+            mm = np.load(file, mmap_mode="r", allow_pickle=False)
             if (
                 mm.shape != tuple(shape)
                 or mm.dtype != np.float16
@@ -242,7 +245,7 @@ def _is_valid(path: Path, key: str, warn: bool = False) -> bool:
 
 
 def _load_targets(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(path / "targets.npz") as t:
+    with np.load(path / "targets.npz", allow_pickle=False) as t:
         return t["boxes"], t["labels"], t["offsets"]
 
 

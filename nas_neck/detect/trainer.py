@@ -45,6 +45,7 @@ from nas_neck.errors import (
     os_error_of,
 )
 from nas_neck.neck import GraphNeck
+from nas_neck.safeload import load_torch_file, plain
 
 log = logging.getLogger(__name__)
 
@@ -210,18 +211,22 @@ def save_checkpoint(
 ) -> Path:
     """Neck + head weights with everything needed to rebuild them (`load_checkpoint`).
 
+    Everything but the weights is stored as plain data (`nas_neck.safeload.plain`: `meta`'s
+    numpy scalars, paths, pydantic models become numbers, strings, dicts), so the file loads with
+    ``torch.load(weights_only=True)`` and a loader never has to run code from a checkpoint.
+
     Written to a temporary file beside `path` and renamed into place, so a full disk or a crash
     never leaves a partial checkpoint at `path` (an older one there stays intact); a failed write
     is a `WriteError` naming the file.
     """
     path = Path(path)
     payload = {
-        "arch": arch.to_dict(),
-        "in_channels": model.neck.in_channels,
-        "num_classes": model.head.num_classes,
-        "config": meta.get("config", {}),
-        "state_dict": model.state_dict(),
-        "meta": meta,
+        "arch": plain(arch.to_dict(), "arch"),
+        "in_channels": plain(list(model.neck.in_channels), "in_channels"),
+        "num_classes": int(model.head.num_classes),
+        "config": plain(meta.get("config", {}), "meta.config"),
+        "state_dict": model.state_dict(),  # tensors (an OrderedDict, with its _metadata)
+        "meta": plain(meta, "meta"),
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
@@ -246,8 +251,9 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path) -> tuple[Detector, Architecture, dict[str, Any]]:
     """Rebuild the `Detector` saved by `save_checkpoint`; returns it, its architecture and meta.
 
-    A missing, truncated or foreign file, or one whose weights do not fit its architecture, is a
-    `CheckpointError` naming the file and what is wrong.
+    A missing, truncated or foreign file, one whose weights do not fit its architecture, or one
+    that would run code when unpickled (it is read with ``weights_only=True``, `load_torch_file`)
+    is a `CheckpointError` naming the file and what is wrong.
     """
     path = Path(path)
     ckpt = _read_checkpoint(path)
@@ -278,7 +284,9 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_torch_file(path)  # weights only: a file that would run code is refused
+    except CheckpointError:
+        raise
     except PermissionError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({_first_line(e)})") from None
     except Exception as e:  # unpickling arbitrary bytes can raise almost anything
