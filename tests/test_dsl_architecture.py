@@ -170,8 +170,8 @@ def test_random_sampler_is_deterministic():
 def test_fixed_sampler_rejects_out_of_domain_values():
     space = load_space(SPACES / "pafpn-family.yaml")
     params = space.random(0).params
-    with pytest.raises(SpaceError, match="width: expected one of"):
-        space.sample(FixedSampler({**params, "width": 50}))
+    with pytest.raises(SpaceError, match="T4.width: expected one of"):
+        space.sample(FixedSampler({**params, "T4.width": 50}))
     with pytest.raises(SpaceError, match="no value given for parameter 'T4.block'"):
         space.sample(FixedSampler({k: v for k, v in params.items() if k != "T4.block"}))
 

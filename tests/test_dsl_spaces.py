@@ -11,7 +11,7 @@ from nas_neck.neck import GraphNeck
 
 SPACES = Path(__file__).parents[1] / "search_spaces"
 CLASSICS = ["fpn", "pafpn", "bifpn", "nasfpn", "light"]
-FAMILIES = ["pafpn-family", "bifpn-family", "nasfpn-free"]
+FAMILIES = ["pafpn-family", "bifpn-family", "fpn-family", "nasfpn-free"]
 CHANNELS = {2: 24, 3: 40, 4: 112, 5: 320}  # tf_efficientnet_lite0
 
 

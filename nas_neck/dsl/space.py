@@ -85,6 +85,11 @@ class SearchSpace:
     def cell_levels(self) -> tuple[int, ...]:
         return self.inputs + self.extra_levels
 
+    @property
+    def node_order(self) -> tuple[str, ...]:
+        """A fixed graph's node names in the order they are drawn (topological); () if free-form."""
+        return tuple(self._order)
+
     def parameters(self) -> list[Parameter]:
         """Searchable parameters (free-form spaces list their per-node templates as `h*.` / `N*.`)."""
         s = self.spec
