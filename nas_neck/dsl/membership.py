@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from nas_neck.dsl.architecture import Architecture, Node
-from nas_neck.dsl.domain import Choice, Domain, FloatRange, Fixed, IntRange
+from nas_neck.dsl.domain import Choice, Domain, Fixed, FloatRange, IntRange
 from nas_neck.dsl.sampling import FixedSampler
 from nas_neck.dsl.schema import NODE_FIELDS, NodeSpec, is_fixed
 from nas_neck.dsl.space import SearchSpace
