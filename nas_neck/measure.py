@@ -28,6 +28,7 @@ import random
 import statistics
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -56,6 +57,7 @@ __all__ = [
     "count_params",
     "feature_inputs",
     "machine_key",
+    "machine_load",
     "measure_latencies",
     "measure_latency",
     "measure_neck",
@@ -72,6 +74,9 @@ ONNX_OPSET = 17  # the opset `nas_neck.export.onnx` writes necks with (a test ke
 CALIBRATION_RUNS = 200  # a reference is calibrated once per machine and settings: it can afford
 CALIBRATION_ROUNDS = 20  # many runs and fresh copies
 _METHOD = f"p10 over rounds of fresh copies; calibrated on {CALIBRATION_RUNS}/{CALIBRATION_ROUNDS}"
+_LOAD_WINDOW_S = 60.0  # what the 1-minute load average averages over, about
+_own_cpu: deque[tuple[float, float]] = deque([(time.monotonic(), time.process_time())], maxlen=64)
+_busy_warned = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class Latency:
     device: str
     rounds: int = 1
     target: str = "torch"
+    load_avg: float | None = None  # the 1-minute load average when the timing began
+    busy: bool = False  # other work kept more than `threads` CPUs busy (`machine_load`)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,6 +227,7 @@ def measure_latencies(
     medians: list[list[float]] = [[] for _ in modules]
     alive: list[Run] = []  # every round's copies stay alive, so the next ones land elsewhere
     order = random.Random(0)
+    load_avg, busy = machine_load(n_threads)
     with num_threads(n_threads):
         copies = [_copies(m, x, target, n_threads, device) for m, x in modules]
         with torch.inference_mode():
@@ -231,7 +239,7 @@ def measure_latencies(
                     t += r
                     m.append(statistics.median(r))
     results = [
-        _summary(t, m, runs, n_threads, device, rounds, target)
+        _summary(t, m, runs, n_threads, device, rounds, target, load_avg, busy)
         for t, m in zip(times, medians, strict=True)
     ]
     log.debug("latency of %s: %s", [type(m).__name__ for m, _ in modules], results)
@@ -246,6 +254,8 @@ def _summary(
     device: torch.device,
     rounds: int,
     target: str,
+    load_avg: float | None = None,
+    busy: bool = False,
 ) -> Latency:
     times = sorted(times)
     return Latency(
@@ -258,7 +268,51 @@ def _summary(
         device=str(device),
         rounds=rounds,
         target=target,
+        load_avg=load_avg,
+        busy=busy,
     )
+
+
+def machine_load(threads: int) -> tuple[float | None, bool]:
+    """The 1-minute load average (None where the OS keeps none), and whether the machine is too
+    busy for a latency timed on `threads` threads: the load of other work, the load average less
+    this process's own CPU use over about the last minute (a search's training just before its
+    next measurement is not other work), above `threads`. The first busy measurement of a
+    process logs a warning.
+
+    Timings under load read high and noisy, and their ratios to the reference drift (the latency
+    predictor was 56 % within 10 % at load 6-9 on two CPUs, 100 % on a quiet machine)."""
+    global _busy_warned
+    if not hasattr(os, "getloadavg"):
+        return None, False
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average here
+        return None, False
+    others = max(0.0, load - _own_share())
+    busy = others > threads
+    if busy and not _busy_warned:
+        _busy_warned = True
+        log.warning(
+            "latency measured on a busy machine: 1-minute load average %.1f (%.1f of it other "
+            "work) over the %d thread(s) timed; latencies read high and noisy (recorded with each "
+            "trial as latency_busy); measure on a quieter machine to compare them",
+            load,
+            others,
+            threads,
+        )
+    return load, busy
+
+
+def _own_share() -> float:
+    """The CPUs this process kept busy, on average, over about the last minute (since its oldest
+    sample within reach: module import or an earlier measurement)."""
+    now = (time.monotonic(), time.process_time())
+    older = [s for s in _own_cpu if now[0] - s[0] >= _LOAD_WINDOW_S]
+    since = older[-1] if older else _own_cpu[0]
+    _own_cpu.append(now)
+    wall = now[0] - since[0]
+    return (now[1] - since[1]) / wall if wall > 1.0 else 0.0
 
 
 def _time_interleaved(

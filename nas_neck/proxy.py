@@ -142,6 +142,8 @@ class ProxyTask:
             "latency_p90_ms": main.latency.p90_ms,
             "latency_head_ms": lat["neck+head"].ms,
             "latency_threads": main.latency.threads,
+            "latency_load_avg": main.latency.load_avg,  # the 1-minute load average
+            "latency_busy": main.latency.busy,  # other work over the threads timed: suspect
             "latency_target": c.latency_target,
             "latency_scope": c.latency_scope,
             "gflops": flops / 1e9,
@@ -275,6 +277,16 @@ class ProxyTask:
                 "category_names": self.train_set.category_names,
             },
         )
+
+    def checkpoint_bytes(self, arch: Architecture) -> int:
+        """About the size of the checkpoint `save` writes for `arch` (what a search checks there
+        is room for before it trains, `nas_neck.errors.check_room`): its weights and buffers, and
+        room for the pickle's framing and the metadata. No weights are allocated."""
+        with torch.device("meta"):
+            model = Detector(arch, self.channels(arch.inputs), self.num_classes, self.config.train)
+        tensors = list(model.state_dict().values())
+        weights = sum(t.numel() * t.element_size() for t in tensors)
+        return weights + 1024 * len(tensors) + 256 * 1024
 
 
 def resolve_data(config: ProxyConfig) -> tuple[Path, Path, Path | None]:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from nas_neck.cli import app
 from nas_neck.cli.checks import from_validation_error, like
 from nas_neck.cli.console import friendly
-from nas_neck.config import ProxyConfig, TrainConfig
+from nas_neck.config import ProxyConfig, SynthConfig, TrainConfig
 from nas_neck.errors import NasNeckError
 from nas_neck.search.probe import check_ray_address, ray_target
 from nas_neck.search.tracking import check_reachable
@@ -34,7 +34,6 @@ class SlowWork(AssertionError):
 @pytest.fixture(autouse=True)
 def tripwires(monkeypatch, tmp_path):
     """Fail loudly if an error path gets as far as slow work (or writes anything)."""
-    import nas_neck.cli.data
     import nas_neck.data.synth
     import nas_neck.proxy
     import nas_neck.search.tracking
@@ -44,7 +43,7 @@ def tripwires(monkeypatch, tmp_path):
 
     monkeypatch.setattr(nas_neck.data.synth, "ensure_default_dataset", trip)
     monkeypatch.setattr(nas_neck.proxy, "ensure_default_dataset", trip)
-    monkeypatch.setattr(nas_neck.cli.data, "generate_synthetic", trip)
+    monkeypatch.setattr(nas_neck.data.synth, "generate_synthetic", trip)  # `data synth` imports it
     monkeypatch.setattr(nas_neck.proxy.ProxyTask, "__init__", trip)
     monkeypatch.setattr(nas_neck.search.tracking.Tracker, "__init__", trip)
     monkeypatch.setattr(optuna, "create_study", trip)
@@ -81,6 +80,7 @@ EXPORT = ["export", "--out", "o"]
 CASES = [
     # show
     (SHOW + ["--input-size", "30"], "--input-size", "30"),
+    (SHOW + ["--input-size", "100000"], "--input-size", "100000"),  # ran for minutes before
     (SHOW + ["--sample", "-1"], "--sample", "-1"),
     (SHOW + ["--seed", "-1"], "--seed", "-1"),
     (SHOW + ["--backbone", "no_such_net"], "--backbone", "'no_such_net'"),
@@ -91,6 +91,7 @@ CASES = [
     (TRAIN + ["--batch-size", "0"], "--batch-size", "0"),
     (TRAIN + ["--threads", "0"], "--threads", "0"),
     (TRAIN + ["--input-size", "63"], "--input-size", "63"),
+    (TRAIN + ["--input-size", "4097"], "--input-size", "4097"),
     (TRAIN + ["--seed", "-5"], "--seed", "-5"),
     (TRAIN + ["--data", "no-such-folder"], "--data", "'no-such-folder'"),
     (TRAIN + ["--data", ".", "--val-data", "no.json"], "--val-data", "'no.json'"),
@@ -105,6 +106,7 @@ CASES = [
     (SEARCH + ["--max-latency-ms", "-1"], "--max-latency-ms", "-1"),
     (SEARCH + ["--max-latency-ms", "0"], "--max-latency-ms", "0"),
     (SEARCH + ["--input-size", "30"], "--input-size", "30"),
+    (SEARCH + ["--input-size", "100000"], "--input-size", "100000"),
     (SEARCH + ["--sampler", "annealing"], "--sampler", "'annealing'"),
     (SEARCH + ["--objectives", "map,speed"], "--objectives", "'map,speed'"),
     (SEARCH + ["--backend", "k8s"], "--backend", "'k8s'"),
@@ -152,6 +154,11 @@ CASES = [
     (["data", "synth", "--train", "0"], "--train", "0"),
     (["data", "synth", "--val", "-1"], "--val", "-1"),
     (["data", "synth", "--size", "30"], "--size", "30"),
+    (["data", "synth", "--size", "100000"], "--size", "100000"),
+    # predict (its other options: tests/test_predict.py)
+    (["predict", "p.jpg", "--input-size", "100000"], "--input-size", "100000"),
+    (["predict", "p.jpg", "--tile", "100000"], "--tile", "100000"),
+    (["predict", "p.jpg", "--tile", "8"], "--tile", "8"),
     (["data", "synth", "--seed", "-1"], "--seed", "-1"),
     (["data", "check", "x.json", "--images", "no-images"], "--images", "'no-images'"),
     (["data", "convert-agar", "a", "b", "--val-fraction", "1"], "--val-fraction", "1"),
@@ -168,13 +175,21 @@ def test_bad_option_is_one_line_naming_it(args, option, value):
 def test_messages_say_what_is_allowed():
     assert "expected an integer >= 1, got 0" in _invoke(SEARCH + ["--trials", "0"]).output
     assert "expected a number > 0, got -1" in _invoke(SEARCH + ["--max-latency-ms", "-1"]).output
-    assert "expected an integer >= 64, got 30" in _invoke(TRAIN + ["--input-size", "30"]).output
+    out = _invoke(TRAIN + ["--input-size", "30"]).output
+    assert "expected an integer in [64, 4096], got 30" in out
+    out = _invoke(SHOW + ["--input-size", "100000"]).output
+    assert "error: --input-size: expected an integer in [64, 4096], got 100000" in out
+    out = _invoke(["predict", "p.jpg", "--tile", "100000"]).output
+    assert "error: --tile: expected an integer in [32, 8192], got 100000" in out
+    out = _invoke(["data", "synth", "--size", "100000"]).output
+    assert "error: --size: expected an integer in [64, 4096], got 100000" in out
     out = _invoke(SEARCH + ["--sampler", "x"]).output
     assert "expected one of tpe, nsga2, random, gp, got 'x'" in out
 
 
 def test_bounds_come_from_the_models():
-    assert like(ProxyConfig, "input_size").expected == "an integer >= 64"
+    assert like(ProxyConfig, "input_size").expected == "an integer in [64, 4096]"
+    assert like(SynthConfig, "size").expected == "an integer in [64, 4096]"
     assert like(TrainConfig, "epochs").expected == "an integer >= 1"
     assert like(TrainConfig, "lr").expected == "a number > 0"
 

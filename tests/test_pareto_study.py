@@ -259,7 +259,7 @@ def test_artifacts_land_in_mlflow(
 
     from nas_neck.search.tracking import Tracker
 
-    monkeypatch.chdir(tmp_path)  # the tracker keeps artifacts in ./mlartifacts
+    monkeypatch.chdir(tmp_path)  # nothing is written outside tmp_path
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     parent = Tracker(uri, picks_study.study_name).parent_run()
     picks_study.set_user_attr("mlflow_parent_run_id", parent)

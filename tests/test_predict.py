@@ -204,9 +204,11 @@ def test_dish_is_found_on_photo_plates() -> None:
     [
         (["--tile", "64", "--overlap", "1.5"], "--overlap: expected a number in [0, 0.9], got 1.5"),
         (["--overlap", "0.3"], "--overlap only matters with --tile"),
-        (["--tile", "8"], "--tile: expected an integer >= 32, got 8"),
+        (["--tile", "8"], "--tile: expected an integer in [32, 8192], got 8"),
+        (["--tile", "100000"], "--tile: expected an integer in [32, 8192], got 100000"),
         (["--score-thresh", "2"], "--score-thresh: expected a number in [0, 1], got 2"),
-        (["--input-size", "10"], "--input-size: expected an integer >= 64, got 10"),
+        (["--input-size", "10"], "--input-size: expected an integer in [64, 4096], got 10"),
+        (["--input-size", "100000"], "--input-size: expected an integer in [64, 4096], got 100000"),
         (["--runtime", "onnx"], "--runtime only matters with --export"),
         (["--trial", "1"], "pass --study too"),
     ],

@@ -1,5 +1,7 @@
 """The `nas-neck` command line: one module per command group, each a thin layer over the library
-(commands print; the library logs). Heavy imports wait inside the commands that need them."""
+(commands print; the library logs). Heavy imports wait inside the commands that need them: no
+module here imports torch, optuna, mlflow or ray at its top (`tests/test_startup.py`), so
+`nas-neck --help` starts in a fraction of a second."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import typer
 
 from nas_neck.cli import confirm, data, export, pareto, predict, search, show, spaces, train, worker
 from nas_neck.cli.console import setup_logging
+from nas_neck.cli.usage import Group
 
 app = typer.Typer(
     name="nas-neck",
+    cls=Group,  # a usage mistake (--trials abc, --trails, no --arch) is one line, exit 2
     help="Search detection-neck architectures (FPN / PAN / BiFPN / NAS-FPN) for small, dense objects.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

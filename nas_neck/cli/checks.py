@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ValidationError
 from typer.models import ArgumentInfo, ParameterInfo
 
+from nas_neck.config import DEFAULT_BACKBONE
 from nas_neck.errors import NasNeckError
 
 
@@ -134,7 +135,7 @@ class Rule(Check):
 
 
 def _storage(option: str, value: str) -> None:
-    from nas_neck.search.study import is_journal
+    from nas_neck.search.defaults import is_journal
 
     if not (is_journal(value) or "://" in value):
         raise OptionError(
@@ -145,6 +146,8 @@ def _storage(option: str, value: str) -> None:
 
 
 def _backbone(option: str, value: str) -> None:
+    if value == DEFAULT_BACKBONE:  # a timm model (tests/test_startup.py): no need to load timm
+        return
     import timm
 
     if value.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or timm.is_model(value):
@@ -234,7 +237,7 @@ def from_validation_error(e: ValidationError, options: Collection[str] | None = 
     parts = []
     for err in e.errors(include_url=False):
         name = option_of(err["loc"], e.title, options)
-        parts.append(f"{name}: {_expectation(err)}")
+        parts.append(f"{name}: {expectation(err)}")
     return "; ".join(parts)
 
 
@@ -249,7 +252,9 @@ def option_of(loc: Iterable[object], title: str, options: Collection[str] | None
     return ".".join([title, *(str(p) for p in loc)])
 
 
-def _expectation(err: Mapping[str, Any]) -> str:
+def expectation(err: Mapping[str, Any]) -> str:
+    """What one pydantic error (`ValidationError.errors()` item) expected and got: `expected an
+    integer >= 1, got 0`."""
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     integer = isinstance(value, int) and not isinstance(value, bool)
     bounds = {

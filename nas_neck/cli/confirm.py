@@ -9,8 +9,8 @@ import typer
 from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
+from nas_neck.search.defaults import DEFAULT_STORAGE
 from nas_neck.search.settings import SearchSettings
-from nas_neck.search.study import DEFAULT_STORAGE
 
 _S = SearchSettings()
 
@@ -34,10 +34,12 @@ def confirm(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI, if not the study's own."
     ),
+    artifacts: opt.Artifacts = None,
 ) -> None:
     """Retrain the top K of a study's final front and its baselines from scratch, longer and with
     several seeds; report mean ± sd and draw the confirmed front (a rerun resumes)."""
     from nas_neck.cli.pareto import confirmed_table, front_table
+    from nas_neck.cli.search import print_where_to_look
     from nas_neck.dsl import SearchSpace
     from nas_neck.proxy import ProxyTask
     from nas_neck.search.objective import Objective
@@ -50,7 +52,7 @@ def confirm(
     uri = tracking_uri or stored.get("tracking_uri")
     if uri:
         check_reachable(uri)
-    session, proxy_config = join_study(study, storage, tracking_uri)
+    session, proxy_config = join_study(study, storage, tracking_uri, artifacts=artifacts)
     settings = session.settings
     proxy = ProxyTask(proxy_config)
     try:
@@ -78,3 +80,4 @@ def confirm(
         console.print(
             f"wrote {report.png}\n      {report.html}\n      {report.csv}", highlight=False
         )
+    print_where_to_look(study, storage, session.tracker.uri)

@@ -3,34 +3,35 @@
 from __future__ import annotations
 
 import time
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from nas_neck.cli import checks
 from nas_neck.cli.console import console, friendly
-from nas_neck.data.agar import convert_agar
-from nas_neck.data.coco import CheckReport, check_coco
-from nas_neck.data.synth import (
-    DEFAULT_SEED,
-    DEFAULT_SIZE,
-    DEFAULT_TRAIN,
-    DEFAULT_VAL,
-    STYLES,
-    generate_synthetic,
-)
+from nas_neck.cli.usage import Group
+from nas_neck.config import SynthConfig
 from nas_neck.errors import DataError
+
+if TYPE_CHECKING:
+    from nas_neck.data.coco import CheckReport
+
+_SYNTH = SynthConfig()  # the defaults of `data synth` (nas_neck.data imports torch: not here)
 
 app = typer.Typer(
     help="Datasets: draw synthetic colony plates, check COCO files, convert AGAR.",
+    cls=Group,
     no_args_is_help=True,
     add_completion=False,
 )
 
 _ANNOTATION_NAMES = ("annotations.json", "train.json", "val.json")
 VAL_FRACTION = checks.Range(low=0, high=1, high_open=True, integer=False)  # convert_agar's [0, 1)
+SIZE = checks.like(SynthConfig, "size")  # up to 4096 px: memory (`nas_neck.config`)
+STYLES = typing.get_args(SynthConfig.model_fields["style"].annotation)
 
 
 def _folder(option: str, value: Path) -> None:
@@ -43,15 +44,17 @@ def synth(
     out: Path = typer.Option(
         Path("data/synthetic-colonies"), help="Output folder (reused if already drawn)."
     ),
-    train: Annotated[int, checks.at_least(1)] = typer.Option(
-        DEFAULT_TRAIN, help="Training plates."
+    train: Annotated[int, checks.like(SynthConfig, "train")] = typer.Option(
+        _SYNTH.train, help="Training plates."
     ),
-    val: Annotated[int, checks.at_least(0)] = typer.Option(DEFAULT_VAL, help="Validation plates."),
-    size: Annotated[int, checks.at_least(64)] = typer.Option(
-        DEFAULT_SIZE, help="Image side in pixels, at least 64 (colony sizes scale with it)."
+    val: Annotated[int, checks.like(SynthConfig, "val")] = typer.Option(
+        _SYNTH.val, help="Validation plates."
+    ),
+    size: Annotated[int, SIZE] = typer.Option(
+        _SYNTH.size, help=f"Image side in pixels, {SIZE.expected} (colony sizes scale with it)."
     ),
     seed: Annotated[int, checks.SEED] = typer.Option(
-        DEFAULT_SEED, help="Seed: same seed, same bytes."
+        _SYNTH.seed, help="Seed: same seed, same bytes."
     ),
     style: Annotated[str, checks.OneOf(STYLES)] = typer.Option(
         "default",
@@ -61,6 +64,8 @@ def synth(
     ),
 ) -> None:
     """Draw synthetic petri-dish photos with COCO box annotations."""
+    from nas_neck.data.synth import generate_synthetic
+
     start = time.perf_counter()
     paths = generate_synthetic(out, train, val, size, seed, style=style)
     console.print(
@@ -81,6 +86,8 @@ def check(
     ),
 ) -> None:
     """Validate COCO annotations and decode every image; exit code 1 if anything is an error."""
+    from nas_neck.data.coco import check_coco
+
     failed = False
     for ann_file in _annotation_files(path):
         report = check_coco(ann_file, images)
@@ -109,6 +116,8 @@ def convert_agar_cmd(
     copy: bool = typer.Option(False, help="Copy the images instead of symlinking them."),
 ) -> None:
     """Convert the AGAR dataset (one JSON per photo) to COCO with a seeded train/val split."""
+    from nas_neck.data.agar import convert_agar
+
     result = convert_agar(src, out, val_fraction=val_fraction, seed=seed, copy=copy)
     console.print(
         f"{result.n_train} train + {result.n_val} val photos, {len(result.categories)} classes "

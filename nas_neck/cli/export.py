@@ -15,7 +15,7 @@ from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
 from nas_neck.config import DEFAULT_BACKBONE, TrainConfig
 from nas_neck.errors import NasNeckError
-from nas_neck.search.study import DEFAULT_STORAGE
+from nas_neck.search.defaults import DEFAULT_STORAGE
 
 
 @friendly

@@ -99,6 +99,14 @@ Storage = Annotated[
     checks.STORAGE,
 ]
 TrackingUri = Annotated[str, typer.Option(help="MLflow tracking URI (a server URL on a cluster).")]
+Artifacts = Annotated[
+    str | None,
+    typer.Option(
+        help="Folder (or URI, e.g. s3://...) for the MLflow artifacts of a new study's experiment. "
+        "Default: beside a sqlite:/// tracking database (<its name>-artifacts/), or the MLflow "
+        "server's."
+    ),
+]
 
 
 def proxy_config(

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import optuna
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -24,9 +23,12 @@ from nas_neck.metrics import (
     cost_of,
     finite,
 )
-from nas_neck.pareto import REF_MARGIN, ParetoReport, log_to_mlflow, write_report
-from nas_neck.pareto.trials import fidelities, gather, resolve_axes
-from nas_neck.search.study import DEFAULT_STORAGE, load_existing_study
+from nas_neck.search.defaults import DEFAULT_STORAGE
+
+if TYPE_CHECKING:  # optuna, the report and its plots load in the commands that use them
+    import optuna
+
+    from nas_neck.pareto import ParetoReport
 
 
 def _fidelity(option: str, value: str | None) -> None:
@@ -72,6 +74,10 @@ def pareto(
     ),
 ) -> None:
     """Pareto front of a study: table, hypervolume, knee and best-under-budget picks, PNG and HTML plots."""
+    from nas_neck.pareto import REF_MARGIN, log_to_mlflow, write_report
+    from nas_neck.pareto.trials import fidelities
+    from nas_neck.search.study import load_existing_study
+
     if tracking_uri:
         from nas_neck.search.tracking import check_reachable
 
@@ -138,6 +144,8 @@ def front_table(
     fidelity (default: the report's), cheapest first: accuracy (mean ± sd when confirmed), every
     cost, what a trial was picked as (`picks`: trial number -> labels; no column without), and its
     architecture. Shared by `nas-neck search` and `nas-neck pareto`."""
+    from nas_neck.pareto.trials import gather, resolve_axes
+
     x, y = resolve_axes(study, x, y)
     data = gather(study, x, y, fidelity)
     at = f" at {data.fidelity.label}" if data.fidelity else ""
@@ -178,6 +186,7 @@ def front_table(
 def confirmed_table(study: optuna.Study) -> Table:
     """Every confirmed architecture, cheapest first: mean ± sd over seeds, and which trial of the
     search it confirms (`nas-neck confirm`, `search --confirm`)."""
+    from nas_neck.pareto.trials import resolve_axes
     from nas_neck.search.confirm import confirmed
 
     rows = confirmed(study)

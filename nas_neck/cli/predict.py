@@ -12,12 +12,13 @@ from rich.table import Table
 from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
-from nas_neck.config import NESTED_OVERLAP, TrainConfig
+from nas_neck.config import MAX_TILE, MIN_TILE, NESTED_OVERLAP, TrainConfig
 from nas_neck.errors import NasNeckError
-from nas_neck.search.study import DEFAULT_STORAGE
+from nas_neck.search.defaults import DEFAULT_STORAGE
 
 OVERLAP = checks.Range(low=0, high=0.9, integer=False)
 FRACTION = checks.Range(low=0, high=1, integer=False)
+TILE = checks.Range(low=MIN_TILE, high=MAX_TILE)  # photo pixels; why these bounds: nas_neck.config
 RUNTIMES = ("auto", "onnx", "torch")
 DEFAULT_OVERLAP = 0.2
 _SHOWN_ROWS = 20
@@ -79,8 +80,9 @@ def predict(
         None,
         help="COCO ground truth (matched by file_name): prints mAP, AP50, AP_small, count MAE.",
     ),
-    tile: Annotated[int | None, checks.at_least(32)] = typer.Option(
-        None, help="Sliced inference: tiles of this many photo pixels (e.g. 1024)."
+    tile: Annotated[int | None, TILE] = typer.Option(
+        None,
+        help=f"Sliced inference: tiles of this many photo pixels (e.g. 1024), {TILE.expected}.",
     ),
     overlap: Annotated[float, OVERLAP] = typer.Option(
         DEFAULT_OVERLAP, help="With --tile: overlap between tiles, a fraction of the tile."

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import optuna
 import typer
 
 from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
 from nas_neck.config import ProxyConfig
-from nas_neck.dsl import load_space
 from nas_neck.errors import NasNeckError
 from nas_neck.metrics import ACCURACY_METRICS, COST_METRICS
-from nas_neck.search.probe import check_ray_address
-from nas_neck.search.rungs import Rungs
+from nas_neck.search.defaults import SAMPLERS
 from nas_neck.search.settings import SearchSettings, baseline_names
-from nas_neck.search.study import SAMPLERS, Objectives, make_storage
-from nas_neck.search.tracking import check_reachable
+
+if TYPE_CHECKING:  # optuna, mlflow and torch load when the search runs, not for --help
+    import optuna
 
 _S = SearchSettings()  # the defaults of every search option
 BACKENDS = ("local", "ray")
@@ -29,10 +27,14 @@ UNLIMITED = 1_000_000  # --trials with --budget-minutes and no --trials: the bud
 
 
 def _objectives(option: str, value: str) -> None:
+    from nas_neck.search.study import Objectives
+
     Objectives.parse(value)  # its error names --objectives
 
 
 def _rungs(option: str, value: str | None) -> None:
+    from nas_neck.search.rungs import Rungs
+
     if value is not None:
         Rungs.parse(value)  # its error names --rungs
 
@@ -71,6 +73,7 @@ def search(
     study: str | None = typer.Option(None, help="Study name (default: the space's name)."),
     storage: opt.Storage = _S.storage,
     tracking_uri: opt.TrackingUri = _S.tracking_uri,
+    artifacts: opt.Artifacts = None,
     baselines: Annotated[str, checks.Rule(_baselines)] = typer.Option(
         ",".join(_S.baselines),
         help="Shipped fixed architectures evaluated with the same budget ('' for none).",
@@ -142,9 +145,14 @@ def search(
 ) -> None:
     """Multi-objective neck search (accuracy vs cost) with Optuna, tracked in MLflow; locally or on Ray."""
     from nas_neck.cli.pareto import confirmed_table, front_table
+    from nas_neck.dsl import load_space
     from nas_neck.proxy import ProxyTask
+    from nas_neck.search.probe import check_ray_address
     from nas_neck.search.progress import SearchProgress
+    from nas_neck.search.rungs import Rungs
     from nas_neck.search.runner import run_search
+    from nas_neck.search.study import make_storage
+    from nas_neck.search.tracking import check_reachable
 
     given = [n for n in _RAY_ONLY if not _default(ctx, n)]
     if backend != "ray" and given:
@@ -169,6 +177,7 @@ def search(
         study=study,
         storage=storage,
         tracking_uri=tracking_uri,
+        artifacts=artifacts,
         trials=trials,
         accuracy=acc.strip(),
         cost=cost.strip(),
@@ -212,9 +221,27 @@ def search(
     console.print(front_table(study_))
     if confirm:
         console.print(confirmed_table(study_))
-    console.print(
-        f"study [bold]{study_.study_name}[/] in {storage}; MLflow: mlflow ui --backend-store-uri {tracking_uri}"
-    )
+    print_where_to_look(study_.study_name, storage, tracking_uri)
+
+
+def print_where_to_look(study: str, storage: str, tracking_uri: str) -> None:
+    """Where to look after a search: the study's MLflow runs page (and, for a local store, the
+    `mlflow ui` command that serves it) and the optuna-dashboard command for its storage."""
+    from rich.markup import escape
+
+    from nas_neck.search.study import dashboard_command
+    from nas_neck.search.tracking import study_page, ui_command
+
+    lines = [f"study [bold]{escape(study)}[/] in {escape(storage)}"]
+    page, serve = study_page(tracking_uri, study), ui_command(tracking_uri)
+    if serve is not None:
+        lines.append(f"MLflow:  {escape(serve)}")
+        if page is not None:
+            lines.append(f"         then open {escape(page)}")
+    elif page is not None:
+        lines.append(f"MLflow:  {escape(page)}")
+    lines.append(f"Optuna:  {escape(dashboard_command(storage))}")
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 def _default(ctx: typer.Context, name: str) -> bool:

@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -16,11 +16,13 @@ from rich.table import Table
 from nas_neck.cli import checks
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
-from nas_neck.config import DEFAULT_BACKBONE, ProxyConfig
-from nas_neck.dsl import Architecture, load_space
+from nas_neck.config import DEFAULT_BACKBONE, DEFAULT_BACKBONE_CHANNELS, ProxyConfig
 from nas_neck.errors import NasNeckError
 from nas_neck.metrics import ACCURACY_METRICS, COST_COLUMNS, finite
-from nas_neck.search.study import DEFAULT_STORAGE, load_existing_study
+from nas_neck.search.defaults import DEFAULT_STORAGE
+
+if TYPE_CHECKING:  # the DSL, torch and optuna load in the command, not for --help
+    from nas_neck.dsl import Architecture
 
 
 @friendly
@@ -70,6 +72,8 @@ def show(
     """Show an architecture (nodes, params, FLOPs) or a space (its parameters, or --sample K);
     with --study/--trial, a searched trial's architecture; with --latency, predicted beside
     measured latency."""
+    from nas_neck.dsl import load_space
+
     if as_json and not latency:
         raise NasNeckError("--json goes with --latency")
     if latency:
@@ -141,6 +145,7 @@ def show(
 
 def _show_latency(space: str, sample: int, seed: int, settings: Any, as_json: bool) -> None:
     """Predicted and measured latency of `space` (a fixed architecture) or of `sample` samples."""
+    from nas_neck.dsl import load_space
     from nas_neck.proxy import ProxyTask
     from nas_neck.screen import LatencyTable
 
@@ -149,8 +154,15 @@ def _show_latency(space: str, sample: int, seed: int, settings: Any, as_json: bo
         raise NasNeckError(f"{space} is a search space: give --sample K with --latency")
     archs = [(None, loaded.sample())] if not sample else []
     archs += [(seed + i, loaded.random(seed + i)) for i in range(sample)]
-    if as_json:  # stdout holds only the JSON lines; progress logs would interleave there
+    if as_json:  # stdout holds only the JSON lines: warnings (a busy machine) go to stderr
         logging.getLogger("nas_neck").setLevel(logging.WARNING)
+        from rich.logging import RichHandler
+
+        from nas_neck.cli.usage import stderr
+
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, RichHandler):
+                handler.console = stderr
     proxy = ProxyTask(settings)
     table = LatencyTable(proxy)
     status = "latency table: timing the steps it lacks (once per machine)"
@@ -197,9 +209,12 @@ def _show_latency(space: str, sample: int, seed: int, settings: Any, as_json: bo
 
 
 def _backbone_channels(name: str, levels: tuple[int, ...]) -> list[int]:
-    """Channels of a timm backbone's maps at `levels` (random weights: only shapes are needed)."""
+    """Channels of a timm backbone's maps at `levels` (random weights: only shapes are needed);
+    the default backbone's are known without building it (`DEFAULT_BACKBONE_CHANNELS`)."""
     import logging
 
+    if name == DEFAULT_BACKBONE and set(levels) <= set(DEFAULT_BACKBONE_CHANNELS):
+        return [DEFAULT_BACKBONE_CHANNELS[lv] for lv in sorted(levels)]
     from nas_neck.backbone import FrozenBackbone
 
     quiet = logging.getLogger("nas_neck.backbone")
@@ -254,6 +269,7 @@ def _show_trial(study: str, storage: str, trial: int, plot_path: Path | None = N
     """Print a trial's architecture and metrics, and draw the architecture to `plot_path` (PNG)."""
     from nas_neck.archplot import plot_architecture
     from nas_neck.dsl import SearchSpace
+    from nas_neck.search.study import load_existing_study
 
     loaded = load_existing_study(study, storage)
     trials = loaded.get_trials(deepcopy=False)

@@ -9,7 +9,6 @@ from rich.table import Table
 
 from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
-from nas_neck.dsl import load_architecture
 
 
 @friendly
@@ -42,11 +41,15 @@ def train(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from nas_neck.dsl import load_architecture
+    from nas_neck.errors import check_room
     from nas_neck.proxy import ProxyTask
 
     architecture = load_architecture(arch)
     config = opt.proxy_from(ctx.params)
     proxy = ProxyTask(config)
+    # Nothing is trained that could not be saved (a full disk: one line saying what to free).
+    check_room(out / "checkpoint.pt", proxy.checkpoint_bytes(architecture), "the checkpoint")
     proxy.caches(architecture.inputs)
     cost = proxy.cost(architecture)
     with Progress(

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import signal
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
-import optuna
 import typer
 from rich.markup import escape
 
 from nas_neck.cli import checks
+from nas_neck.cli import options as opt
 from nas_neck.cli.console import console, friendly
 from nas_neck.search.settings import SearchSettings
+
+if TYPE_CHECKING:  # optuna loads when the worker runs, not for --help
+    import optuna
 
 
 @friendly
@@ -27,6 +30,7 @@ def worker(
         None,
         help="MLflow tracking URI, if this machine reaches the server by another address (default: the study's).",
     ),
+    artifacts: opt.Artifacts = None,
 ) -> None:
     """Run trials of a search started by `nas-neck search`, until N are finished or running across
     all workers; start any number, on any machines that share the storage and paths."""
@@ -48,7 +52,9 @@ def worker(
         console.print(_trial_line(trial, study_.metric_names or []), highlight=False)
 
     try:
-        study_ = run_worker(study, storage, trials, tracking_uri, on_trial_end=on_trial_end)
+        study_ = run_worker(
+            study, storage, trials, tracking_uri, on_trial_end=on_trial_end, artifacts=artifacts
+        )
     except KeyboardInterrupt:
         console.print(
             "[yellow]interrupted[/]: this worker's unfinished trial does not count; the others go on."
@@ -61,6 +67,8 @@ def worker(
 
 
 def _trial_line(trial: optuna.trial.FrozenTrial, names: list[str]) -> str:
+    import optuna
+
     a = trial.user_attrs
     head = f"trial {trial.number} [bold]{trial.state.name}[/]"
     if trial.state != optuna.trial.TrialState.COMPLETE:

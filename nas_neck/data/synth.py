@@ -27,6 +27,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from nas_neck.config import MAX_SYNTH_SIZE, MIN_SYNTH_SIZE, SynthConfig
 from nas_neck.errors import DataError
 
 __all__ = [
@@ -54,12 +56,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SPECIES: tuple[str, ...] = ("round", "irregular", "spreading", "glossy")  # COCO ids 1..4
-DEFAULT_SIZE = 384
-DEFAULT_TRAIN = 240
-DEFAULT_VAL = 60
-DEFAULT_SEED = 0
+_DEFAULTS = SynthConfig()  # the defaults and bounds live there, for the command line to read
+DEFAULT_SIZE = _DEFAULTS.size
+DEFAULT_TRAIN = _DEFAULTS.train
+DEFAULT_VAL = _DEFAULTS.val
+DEFAULT_SEED = _DEFAULTS.seed
 COLONIES_PER_PLATE = (15, 40)
-STYLES = ("default", "photo")  # photo: camera-like plates (see `_PhotoPlate`), opt-in
+STYLES = typing.get_args(SynthConfig.model_fields["style"].annotation)  # photo: `_PhotoPlate`
 
 _VERSION = 2  # bump when rendering changes: the manifest then no longer matches and data is redrawn
 _MANIFEST = "manifest.json"
@@ -112,9 +115,10 @@ def generate_synthetic(
     `style` "photo" draws camera-like plates, `size` px wide and 3/4 of that high (`_PhotoPlate`);
     the default style is unchanged byte for byte.
     """
-    if n_train < 1 or n_val < 0 or size < 64:
+    if n_train < 1 or n_val < 0 or not MIN_SYNTH_SIZE <= size <= MAX_SYNTH_SIZE:
         raise DataError(
-            f"need n_train >= 1, n_val >= 0 and size >= 64, got {n_train}, {n_val}, {size}"
+            f"need n_train >= 1, n_val >= 0 and size in [{MIN_SYNTH_SIZE}, {MAX_SYNTH_SIZE}], "
+            f"got {n_train}, {n_val}, {size}"
         )
     if style not in STYLES:
         raise DataError(f"style: expected one of {', '.join(STYLES)}, got {style!r}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from nas_neck.ops.fusion import fusion_is_ordered
+from nas_neck.dsl.opnames import fusion_is_ordered
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from typing import Any
 
 from nas_neck.dsl.architecture import Architecture, Node
 from nas_neck.dsl.domain import Choice, Domain, Fixed, FloatRange, IntRange
+from nas_neck.dsl.opnames import fusion_is_ordered
 from nas_neck.dsl.sampling import FixedSampler
 from nas_neck.dsl.schema import NODE_FIELDS, NodeSpec, is_fixed
 from nas_neck.dsl.space import SearchSpace
 from nas_neck.errors import SpaceError
-from nas_neck.ops.fusion import fusion_is_ordered
 
 __all__ = ["holds", "params_for"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,27 +9,28 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from nas_neck.dsl.domain import Check, Domain, Fixed, int_in, one_of, parse_domain
+from nas_neck.dsl.opnames import op_names
 from nas_neck.dsl.shipped import find_space, shipped_names
 from nas_neck.errors import SpaceError
-from nas_neck.ops import BLOCKS, DOWNSAMPLE_MODES, FUSE_OPS, UPSAMPLE_MODES
 
 MIN_LEVEL, MAX_LEVEL = 2, 7
 BACKBONE_LEVELS = (2, 3, 4, 5)
 
 
-def _registered(registry: Mapping[str, Any]) -> Check:
-    """Check: a name in an op registry, read when validating (ops can be added at runtime)."""
-    return lambda v: one_of(list(registry))(v)
+def _registered(registry: str) -> Check:
+    """Check: a name in an op registry (`nas_neck.ops.BLOCKS`, ...), read when validating (ops
+    can be added at runtime), without importing torch until then (`nas_neck.dsl.opnames`)."""
+    return lambda v: one_of(op_names(registry))(v)
 
 
 CHECKS: dict[str, Check] = {
     "level": int_in(MIN_LEVEL, MAX_LEVEL, "a pyramid level"),
-    "fuse": _registered(FUSE_OPS),
-    "block": _registered(BLOCKS),
+    "fuse": _registered("FUSE_OPS"),
+    "block": _registered("BLOCKS"),
     "depth": int_in(1, 8, "a block depth"),
     "width": int_in(1, None, "a positive integer width"),
-    "upsample": _registered(UPSAMPLE_MODES),
-    "downsample": _registered(DOWNSAMPLE_MODES),
+    "upsample": _registered("UPSAMPLE_MODES"),
+    "downsample": _registered("DOWNSAMPLE_MODES"),
     "repeat": int_in(1, 16, "a repeat count"),
     "nodes": int_in(0, 64, "a node count"),
     "fan_in": int_in(1, 8, "a fan-in"),

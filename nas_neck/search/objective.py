@@ -7,6 +7,7 @@ fixed architecture instead of sampling one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +19,14 @@ import optuna
 from optuna.trial import TrialState
 
 from nas_neck.dsl import Architecture, OptunaSampler, SearchSpace, load_architecture
-from nas_neck.errors import CheckpointError
+from nas_neck.errors import (
+    OUT_OF_SPACE,
+    CheckpointError,
+    WriteError,
+    check_room,
+    describe_os_error,
+    os_error_of,
+)
 from nas_neck.fidelity import (
     CONFIRM_OF,
     EPOCHS,
@@ -140,10 +148,12 @@ class Objective:
         except BaseException as e:
             reason = _reason(e)
             interrupted = not isinstance(e, Exception)
-            if not interrupted:
-                trial.set_user_attr("fail_reason", reason)
-            self.tracker.set_tags(run_id, {"fail_reason": reason})
-            self.tracker.end(run_id, "KILLED" if interrupted else "FAILED")
+            # Recording the failure must not hide it (a full disk may hold the stores too).
+            with contextlib.suppress(Exception):
+                if not interrupted:
+                    trial.set_user_attr("fail_reason", reason)
+                self.tracker.set_tags(run_id, {"fail_reason": reason})
+                self.tracker.end(run_id, "KILLED" if interrupted else "FAILED")
             log.warning("trial %d failed: %s", trial.number, reason)
             raise
         self.tracker.end(run_id)
@@ -162,6 +172,8 @@ class Objective:
         else:  # a promotion or a confirmation: the same neck, measured once already
             cost = {k: v for k, v in source.user_attrs.items() if _is_cost(k)}
         self._record(trial, run_id, cost)
+        if "latency_busy" in cost:  # timed on a busy machine (`nas_neck.measure.machine_load`)
+            self.tracker.set_tags(run_id, {"latency_busy": str(bool(cost["latency_busy"])).lower()})
         cost_value = cost[cost_attr(self.objectives.cost)]
         if self.max_latency_ms is not None:
             excess = cost["latency_ms"] - self.max_latency_ms
@@ -176,17 +188,36 @@ class Objective:
                     self.max_latency_ms,
                 )
                 return 0.0, cost_value
+        path = self.out_dir / trial.study.study_name / f"trial-{trial.number:04d}.pt"
+        # Nothing is trained that could not be saved: room for the checkpoint and its copy in
+        # MLflow's artifacts (on the same disk where they are local), before training.
+        check_room(
+            path, 2 * self.proxy.checkpoint_bytes(arch), f"trial {trial.number}'s checkpoint"
+        )
         outcome = self._train(trial, arch, source)
         values = {**outcome.metrics, **outcome.timings, "precision": outcome.precision}
         self._record(trial, run_id, values)
         self.tracker.log_series(run_id, "train_loss", outcome.losses)
         trial.set_user_attr("losses", outcome.losses)
-        ckpt = self.proxy.save(
-            outcome, self.out_dir / trial.study.study_name / f"trial-{trial.number:04d}.pt"
-        )
+        ckpt = self.proxy.save(outcome, path)
         trial.set_user_attr("checkpoint", str(ckpt.resolve()))
-        self.tracker.log_artifact(run_id, ckpt, "checkpoint")
+        self._log_checkpoint(run_id, ckpt)
         return outcome.metrics[self.objectives.accuracy], cost_value
+
+    def _log_checkpoint(self, run_id: str, ckpt: Path) -> None:
+        """Copy the checkpoint to the run's MLflow artifacts; a full disk there is a `WriteError`
+        naming the artifacts' location."""
+        try:
+            self.tracker.log_artifact(run_id, ckpt, "checkpoint")
+        except Exception as e:
+            error = os_error_of(e)
+            if error is None or error.errno not in OUT_OF_SPACE:
+                raise
+            where = self.tracker.client.get_run(run_id).info.artifact_uri
+            raise WriteError(
+                f"{where}: cannot copy the checkpoint to MLflow's artifacts: "
+                f"{describe_os_error(error)}; free some space there"
+            ) from None
 
     def _train(
         self, trial: optuna.Trial, arch: Architecture, source: optuna.trial.FrozenTrial | None

@@ -37,14 +37,14 @@ from ray.tune.search.optuna import OptunaSearch
 from nas_neck.config import ProxyConfig
 from nas_neck.device import available_cpus
 from nas_neck.dsl import SearchSpace
-from nas_neck.errors import NasNeckError
+from nas_neck.errors import NasNeckError, WriteError, is_out_of_space
 from nas_neck.metrics import finite
 from nas_neck.proxy import ProxyTask
 from nas_neck.search.objective import Objective, trial_architecture
 from nas_neck.search.probe import check_ray_address
 from nas_neck.search.rungs import Budget, Step, next_step
 from nas_neck.search.screening import screen_for
-from nas_neck.search.session import prepare_study, queue_step
+from nas_neck.search.session import prepare_study, queue_step, stop_error
 from nas_neck.search.settings import SearchSettings, shared
 from nas_neck.search.study import Heartbeat, make_sampler, make_storage
 from nas_neck.search.tracking import Tracker
@@ -150,6 +150,9 @@ class _StudySearch(OptunaSearch):
     OptunaSearch tells any reported result as COMPLETE; Optuna refuses NaN values for that and the
     trial would stay RUNNING. The study in storage is the search state, so Tune's searcher
     checkpoint (a pickle of the storage and the define-by-run closure) is not written.
+
+    A trial that could not write (`write_failure`) stops the search: no trial is started after
+    it (those running finish), and `stopped` holds its number and reason.
     """
 
     def on_trial_complete(
@@ -159,16 +162,25 @@ class _StudySearch(OptunaSearch):
             "fail_reason" in result
             or not all(finite(result.get(m)) is not None for m in self._metric)
         )
+        if result and write_failure(result):
+            if self.stopped is None:
+                self.stopped = (int(result[_TRIAL_NUMBER]), str(result["fail_reason"]))
+            else:  # ran at the same time, and failed the same way
+                self.also_failed.append(int(result[_TRIAL_NUMBER]))
         super().on_trial_complete(trial_id, None if failed else result, error=error or failed)
 
     def __init__(self, *args: Any, decide: Callable[[], Step] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._decide = decide
+        self.stopped: tuple[int, str] | None = None
+        self.also_failed: list[int] = []
 
     def suggest(self, trial_id: str) -> dict | None:
-        """With a `decide` (multi-fidelity or budgeted search): FINISHED when it says `done`,
-        nothing yet (Tune asks again) when it says `wait`, else the next trial, which a queued
-        promotion is when `decide` queued one."""
+        """FINISHED once a trial could not write; with a `decide` (multi-fidelity or budgeted
+        search): FINISHED when it says `done`, nothing yet (Tune asks again) when it says `wait`,
+        else the next trial, which a queued promotion is when `decide` queued one."""
+        if self.stopped is not None:
+            return Searcher.FINISHED
         if self._decide is not None:
             step = self._decide()
             if step == "done":
@@ -231,6 +243,18 @@ def _tune(
     except KeyboardInterrupt:
         _abandon(study, ask.asked, tracker)
         raise
+    if searcher.stopped is not None:  # a trial could not write: every later one would fail too
+        number, reason = searcher.stopped
+        error = WriteError(reason.removeprefix("WriteError: "))
+        raise stop_error(study, number, error, tuple(searcher.also_failed))
+
+
+def write_failure(result: dict[str, Any]) -> bool:
+    """Whether a Tune result is a trial that failed for want of disk space or a writable folder
+    (the trainable reports the trial's `fail_reason` and `write_failed`)."""
+    return bool(result.get("write_failed")) or str(result.get("fail_reason", "")).startswith(
+        "WriteError:"
+    )
 
 
 class _Ask:
@@ -346,7 +370,7 @@ def _trainable(config: dict[str, Any], job: dict[str, Any]) -> None:
         sampler=optuna.samplers.RandomSampler(),  # never consulted: the driver sampled
     )
     trial = optuna.trial.Trial(study, config[_TRIAL_ID])
-    tracker = Tracker(settings.tracking_uri, study.study_name)
+    tracker = Tracker(settings.tracking_uri, study.study_name, settings.artifacts)
     previous = trial.user_attrs.get("mlflow_run_id")
     if previous:  # Tune restarted this trial after its task died
         tracker.end(previous, "KILLED")
@@ -364,6 +388,10 @@ def _trainable(config: dict[str, Any], job: dict[str, Any]) -> None:
     except Exception as e:  # recorded by the objective; Tune still gets the metrics, as NaN
         reason = trial.user_attrs.get("fail_reason") or f"{type(e).__name__}: {e}"
         result = {**dict.fromkeys(names, math.nan), "fail_reason": reason}
+        if isinstance(e, WriteError) or is_out_of_space(e):  # the driver stops the search
+            result["write_failed"] = True
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("retried", True)  # queued again by the driver: its retry counts
     attrs = {
         k: v
         for k, v in trial.user_attrs.items()

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from nas_neck.config import ProxyConfig
 from nas_neck.dsl import find_space
-from nas_neck.errors import NasNeckError
+from nas_neck.errors import NasNeckError, WriteError, is_out_of_space
 from nas_neck.pareto import ParetoReport, log_to_mlflow, write_report
 from nas_neck.search.confirm import (
     Confirmed,
@@ -45,6 +45,7 @@ from nas_neck.search.study import (
     finished_count,
     load_existing_study,
     open_study,
+    requeue,
 )
 from nas_neck.search.tracking import Tracker
 
@@ -100,7 +101,8 @@ class Session:
 
         Before each trial it picks what to run (`nas_neck.search.rungs.next_step`): a queued trial (a baseline, a retry, a
         promotion or confirmation queued by any process), a promotion, or a fresh candidate.
-        At most `target` + 3 trials that add nothing (failed without a reason) are tried.
+        At most `target` + 3 trials that add nothing (failed without a reason) are tried. A trial
+        that cannot write (a full disk) ends it with a `WriteError` (see `_run_one`).
         """
         budget = budget or Budget(self.settings.budget_minutes)
         misses = 0
@@ -117,17 +119,43 @@ class Session:
             misses += not self._run_one(func, on_trial_end)
 
     def _run_one(self, func: TrialFunc, on_trial_end: TrialEnd | None) -> bool:
-        """One trial (a queued one first); whether it added a trial that counts."""
+        """One trial (a queued one first); whether it added a trial that counts.
+
+        A trial that cannot write (a `WriteError`, a full disk) stops the search: the trial is
+        FAILED with its reason and queued again (so a rerun, after space is freed, resumes with
+        it), and a `WriteError` saying so is raised: every later trial would fail the same way,
+        maybe after training."""
         before = _progress(self.study)
+        stopped: list[tuple[int, Exception]] = []
+
+        def guarded(trial: optuna.Trial) -> tuple[float, float]:
+            try:
+                return func(trial)
+            except Exception as e:
+                if isinstance(e, WriteError) or is_out_of_space(e):
+                    stopped.append((trial.number, e))
+                    with contextlib.suppress(Exception):  # the study may share the full disk
+                        trial.set_user_attr("retried", True)  # its retry counts, not it
+                raise
+
+        optuna_log = logging.getLogger("optuna.study._optimize")
+        optuna_log.addFilter(_no_traceback)
         try:
             self.study.optimize(
-                func,
+                guarded,
                 n_trials=1,
                 catch=(Exception,),
                 callbacks=[on_trial_end] if on_trial_end else None,
             )
         except UpdateFinishedTrialError as e:  # failed as stale meanwhile (a long stall)
             log.warning("this process's trial was failed by another process: %s", e)
+        except Exception:
+            if not stopped:  # else the study could not record the failure (the same full disk)
+                raise
+        finally:
+            optuna_log.removeFilter(_no_traceback)
+        if stopped:
+            raise stop_error(self.study, *stopped[0])
         return _progress(self.study) > before
 
     def confirm(
@@ -178,11 +206,16 @@ class Session:
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:
-        """On Ctrl-C, mark the parent run KILLED (a rerun resumes it) and re-raise."""
+        """On Ctrl-C, mark the parent run KILLED, on a search stopped by a `WriteError` FAILED (a
+        rerun resumes it), and re-raise."""
         try:
             yield
         except KeyboardInterrupt:
             self.tracker.end(self.parent, "KILLED")
+            raise
+        except WriteError:
+            with contextlib.suppress(Exception):  # MLflow's store may be on the full disk too
+                self.tracker.end(self.parent, "FAILED")
             raise
 
     def finish(self, target: int | None = None, ended: bool = False) -> ParetoReport | None:
@@ -216,6 +249,49 @@ class Session:
         return report
 
 
+def _no_traceback(record: logging.LogRecord) -> bool:
+    """Optuna logs a failed trial with its traceback: none for a `NasNeckError`, a reason the
+    user can act on (recorded as the trial's `fail_reason`, and printed as one line)."""
+    if record.exc_info and isinstance(record.exc_info[1], NasNeckError):
+        record.exc_info = None
+        record.exc_text = None
+    return True
+
+
+def stop_error(
+    study: optuna.Study, number: int, error: BaseException, others: tuple[int, ...] = ()
+) -> WriteError:
+    """The `WriteError` that stops a search at trial `number`, which failed with `error` (a
+    `WriteError`, or a full disk met elsewhere): the trial (and `others` that failed so at the
+    same time) is queued again, unless the storage cannot take it, and the message says what was
+    kept and how to resume."""
+    queued = _requeue_failed(study, number)
+    for other in others:
+        _requeue_failed(study, other)
+    why = str(error) if isinstance(error, WriteError) else f"{type(error).__name__}: {error}"
+    why = why.splitlines()[0] if why else type(error).__name__
+    try:
+        kept = f"the {finished_count(study)} finished trial(s) are kept"
+    except Exception:
+        kept = "the finished trials are kept"
+    again = ", and queued again" if queued else ""
+    log.warning("trial %d cannot write: stopping the search", number)
+    return WriteError(
+        f"{why}. The search stopped at trial {number} (failed{again}; {kept}): rerun the same "
+        "command when there is room, and it resumes"
+    )
+
+
+def _requeue_failed(study: optuna.Study, number: int) -> bool:
+    """Queue trial `number` again if it failed to be retried (user attr `retried`)."""
+    with contextlib.suppress(Exception):
+        trial = study.get_trials(deepcopy=False)[number]
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("retried"):
+            requeue(study, trial)
+            return True
+    return False
+
+
 def queue_step(study: optuna.Study) -> Step:
     """Draining the queue: `run` while a trial waits in it, `wait` while one runs, then `done`."""
     states = {t.state for t in study.get_trials(deepcopy=False)}
@@ -235,7 +311,7 @@ def prepare_study(settings: SearchSettings, proxy_config: ProxyConfig) -> Sessio
     shared_settings, shared_proxy = shared(settings, proxy_config)
     study.set_user_attr("settings", shared_settings.model_dump(mode="json"))
     study.set_user_attr("proxy", shared_proxy.model_dump(mode="json"))
-    tracker = Tracker(settings.tracking_uri, study.study_name)
+    tracker = Tracker(settings.tracking_uri, study.study_name, settings.artifacts)
     parent = tracker.parent_run(parent_params(settings, proxy_config))
     study.set_user_attr("mlflow_parent_run_id", parent)
     space = find_space(settings.space)  # a file, or a shipped space: `space/<its file name>`
@@ -245,11 +321,15 @@ def prepare_study(settings: SearchSettings, proxy_config: ProxyConfig) -> Sessio
 
 
 def join_study(
-    study_name: str, storage: str, tracking_uri: str | None = None, seed: int = 0
+    study_name: str,
+    storage: str,
+    tracking_uri: str | None = None,
+    seed: int = 0,
+    artifacts: str | None = None,
 ) -> tuple[Session, ProxyConfig]:
     """Join a study `nas-neck search` prepared: its settings and proxy config as stored there, the
     study opened with its sampler seeded by `seed`, MLflow at `tracking_uri` (default: the
-    study's)."""
+    study's), a new MLflow experiment's artifacts under `artifacts` (default: the study's)."""
     attrs = load_existing_study(study_name, storage).user_attrs
     if "settings" not in attrs or "proxy" not in attrs:
         raise NasNeckError(
@@ -258,7 +338,9 @@ def join_study(
         )
     settings = SearchSettings(**attrs["settings"])
     study = open_study(study_name, storage, settings.objectives, settings.sampler, seed)
-    tracker = Tracker(tracking_uri or settings.tracking_uri, study_name)
+    tracker = Tracker(
+        tracking_uri or settings.tracking_uri, study_name, artifacts or settings.artifacts
+    )
     session = Session(settings, study, tracker, attrs["mlflow_parent_run_id"])
     return session, ProxyConfig(**attrs["proxy"])
 

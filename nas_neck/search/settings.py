@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nas_neck.dsl import load_space, shipped_names, space_ref
 from nas_neck.errors import NasNeckError
-from nas_neck.search.rungs import Rungs
-from nas_neck.search.study import DEFAULT_STORAGE, Objectives, is_journal
-from nas_neck.search.tracking import DEFAULT_TRACKING_URI
+from nas_neck.search.defaults import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, is_journal
 
 if TYPE_CHECKING:
     from nas_neck.config import ProxyConfig
+    from nas_neck.search.rungs import Rungs
+    from nas_neck.search.study import Objectives
+
+# The command line reads these settings' defaults and bounds when it starts (`nas-neck --help`):
+# the DSL, optuna (`study`, `rungs`) and mlflow are imported where they are used, not here.
 
 
 DEFAULT_SPACE = "pafpn-family"
@@ -38,6 +40,9 @@ class SearchSettings(BaseModel):
     study: str | None = None
     storage: str = DEFAULT_STORAGE
     tracking_uri: str = DEFAULT_TRACKING_URI
+    # Where a new MLflow experiment keeps its artifacts: a folder or a URI; None: beside a local
+    # SQLite database, or where the MLflow server says (`nas_neck.search.tracking.artifact_root`).
+    artifacts: str | None = None
     trials: int = Field(8, ge=1)
     accuracy: str = "map"
     cost: str = "latency"
@@ -63,28 +68,38 @@ class SearchSettings(BaseModel):
 
     @property
     def objectives(self) -> Objectives:
+        from nas_neck.search.study import Objectives
+
         return Objectives.parse(f"{self.accuracy},{self.cost}")
 
     @field_validator("rungs")
     @classmethod
     def _check_rungs(cls, v: list[int] | None) -> list[int] | None:
         if v is not None:
+            from nas_neck.search.rungs import Rungs
+
             Rungs(tuple(v))  # its error names --rungs
         return v
 
     @property
     def schedule(self) -> Rungs | None:
         """The successive-halving schedule, None for a plain search."""
+        from nas_neck.search.rungs import Rungs
+
         return Rungs(tuple(self.rungs), self.eta) if self.rungs else None
 
     @property
     def study_name(self) -> str:
         """`study`, else the space's own name."""
+        from nas_neck.dsl import load_space
+
         return self.study or load_space(self.space).name
 
 
 def baseline_names() -> list[str]:
     """The shipped spaces that are fixed architectures: what `--baselines` may name."""
+    from nas_neck.dsl import load_space, shipped_names
+
     return [name for name in shipped_names() if load_space(name).is_fixed]
 
 
@@ -130,6 +145,7 @@ def shared(
     study named, a shipped space left as its name."""
     from nas_neck.data.cache import default_cache_root
     from nas_neck.data.synth import ensure_default_dataset
+    from nas_neck.dsl import space_ref
 
     data = proxy_config.data if proxy_config.data is not None else ensure_default_dataset().root
     proxy_config = proxy_config.model_copy(
@@ -147,6 +163,7 @@ def shared(
             "study": settings.study_name,
             "storage": _absolute_url(settings.storage),
             "tracking_uri": _absolute_url(settings.tracking_uri),
+            "artifacts": _absolute_folder(settings.artifacts),
         }
     )
     return settings, proxy_config
@@ -154,6 +171,13 @@ def shared(
 
 def _absolute(path: Path | None) -> Path | None:
     return None if path is None else Path(path).expanduser().resolve()
+
+
+def _absolute_folder(place: str | None) -> str | None:
+    """A folder made absolute; a URI (``s3://...``, ``file:///...``) and None unchanged."""
+    if place is None or "://" in place or place.startswith(("file:", "mlflow-artifacts:")):
+        return place
+    return str(Path(place).expanduser().resolve())
 
 
 def _absolute_url(url: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import threading
 import time
 import warnings
@@ -41,11 +42,11 @@ from nas_neck.fidelity import (
     is_candidate,
 )
 from nas_neck.metrics import ACCURACY_METRICS, COST_METRICS, DIRECTIONS, cost_attr
+from nas_neck.search.defaults import DEFAULT_STORAGE as DEFAULT_STORAGE  # re-exported
+from nas_neck.search.defaults import SAMPLERS, is_journal
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORAGE = "sqlite:///nas.db"
-SAMPLERS = ("tpe", "nsga2", "random", "gp")
 HEARTBEAT_ATTR = "heartbeat"
 
 
@@ -81,11 +82,6 @@ class Objectives:
     @property
     def directions(self) -> list[str]:
         return list(DIRECTIONS)
-
-
-def is_journal(url: str) -> bool:
-    """Whether `url` names a journal file rather than a database URL."""
-    return url.startswith("journal:") or url.endswith((".journal", ".log"))
 
 
 # Drivers SQLAlchemy loads for each database, and how to install them.
@@ -148,6 +144,18 @@ def _db_timeout_s() -> float:
 def _redact(url: str) -> str:
     """`url` without its password."""
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def dashboard_command(url: str) -> str:
+    """The `optuna-dashboard` command for the storage at `url`, from any folder: a SQLite file or
+    journal made absolute, a password shown as ***."""
+    if is_journal(url):
+        target = str(Path(url.removeprefix("journal:")).expanduser().resolve())
+    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        target = f"sqlite:///{Path(url.removeprefix('sqlite:///')).expanduser().resolve()}"
+    else:
+        target = _redact(url)
+    return f"optuna-dashboard {shlex.quote(target)}"
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -364,9 +372,7 @@ def fail_stale_trials(
         except (UpdateFinishedTrialError, ValueError):  # it finished, or another process failed it
             continue
         if retry:
-            keep = ("baseline",) if is_candidate(t.user_attrs) else _REQUEUED
-            attrs = {k: v for k, v in t.user_attrs.items() if k in keep}
-            study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number})
+            requeue(study, t)
         log.warning(
             "trial %d: no heartbeat for over %.0f s; failed%s",
             t.number,
@@ -377,6 +383,14 @@ def fail_stale_trials(
             on_fail(study.get_trials(deepcopy=False)[t.number])
         failed.append(t.number)
     return failed
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a failed `trial` once more with the same parameters (user attr `retry_of`): a
+    candidate keeps only its baseline name, a promotion or confirmation run what it is."""
+    keep = ("baseline",) if is_candidate(trial.user_attrs) else _REQUEUED
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in keep}
+    study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
 
 
 def load_existing_study(name: str, storage: str) -> optuna.Study:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shlex
 import time
 import urllib.error
 import urllib.request
@@ -22,40 +24,65 @@ from optuna.trial import FrozenTrial
 
 from nas_neck.errors import NasNeckError
 from nas_neck.metrics import finite
+from nas_neck.search.defaults import DEFAULT_TRACKING_URI as DEFAULT_TRACKING_URI  # re-exported
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STUDY_TAG = "nas_neck.study"
 TRIAL_TAG = "nas_neck.trial"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces: "No data"); this
+# value (its `ExperimentKind.CUSTOM_MODEL_DEVELOPMENT`) opens the classic runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 _MAX_PARAM = 6000
 
 
 class Tracker:
-    """Logs a study and its trials to MLflow (experiment = study name)."""
+    """Logs a study and its trials to MLflow (experiment = study name).
 
-    def __init__(self, uri: str, study: str) -> None:
+    A new experiment keeps its artifacts under `artifacts` (a folder or a URI) when given, else
+    beside a local SQLite database (`artifact_root`); an existing one keeps its own."""
+
+    def __init__(self, uri: str, study: str, artifacts: str | Path | None = None) -> None:
         self.uri = uri
         self.study = study
+        self.artifacts = artifacts
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = self._experiment()
 
     def _experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.study)
-        if exp is not None:
-            return exp.experiment_id
-        location = None
-        if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
-            # Local stores keep artifacts beside the database, not in the refused ./mlruns.
-            location = (Path.cwd() / "mlartifacts").resolve().as_uri()
-        try:
-            return self.client.create_experiment(self.study, artifact_location=location)
-        except Exception:  # another worker created it first
-            exp = self.client.get_experiment_by_name(self.study)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        if exp is None:
+            root = artifact_root(self.uri, self.artifacts)
+            location = f"{root.rstrip('/')}/{_folder_name(self.study)}" if root else None
+            try:
+                return self.client.create_experiment(
+                    self.study,
+                    artifact_location=location,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
+            except Exception:  # another worker created it first
+                exp = self.client.get_experiment_by_name(self.study)
+                if exp is None:
+                    raise
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older nas-neck
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        root = artifact_root(self.uri, self.artifacts) if self.artifacts is not None else None
+        if root and not exp.artifact_location.startswith(root.rstrip("/")):
+            log.warning(
+                "MLflow experiment %s keeps its artifacts in %s (set when it was created), not "
+                "under --artifacts %s",
+                self.study,
+                exp.artifact_location,
+                self.artifacts,
+            )
+        return exp.experiment_id
+
+    def runs_page(self) -> str:
+        """The MLflow UI's page of this study's runs (`runs_page`)."""
+        return runs_page(self.uri, self.experiment_id)
 
     # ---- parent run ----------------------------------------------------------------------------
     def parent_run(self, params: Mapping[str, Any] | None = None) -> str:
@@ -133,6 +160,73 @@ class Tracker:
         if run:
             self.set_tags(run, {"fail_reason": trial.user_attrs.get("fail_reason", "stale")})
             self.end(run, "KILLED")
+
+
+def artifact_root(uri: str, artifacts: str | Path | None = None) -> str | None:
+    """The URI under which new experiments of the tracking store `uri` keep their artifacts (one
+    folder per experiment), or None where the store decides (an MLflow server; a file store,
+    which keeps them in its own folder).
+
+    `artifacts`, when given: a URI (``s3://...``, ``file:///...``) as is, a folder made absolute.
+    Else for a local SQLite database ``<its folder>/<its stem>-artifacts`` (``mlflow.db`` ->
+    ``mlflow-artifacts/``), so two databases in one folder never share artifacts, wherever the
+    search runs from."""
+    if artifacts is not None:
+        text = str(artifacts)
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text) and not re.match(r"^[A-Za-z]:\\", text):
+            return text
+        return Path(text).expanduser().resolve().as_uri()
+    if uri.startswith("sqlite:"):
+        db = sqlite_file(uri)
+        if db is None:  # an in-memory database: nothing to put them beside
+            return (Path.cwd() / "mlartifacts").resolve().as_uri()
+        return (db.parent / f"{db.stem}-artifacts").as_uri()
+    return None
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The absolute path of the database file of a ``sqlite:///...`` URI (relative ones from the
+    current folder); None for an in-memory one or another scheme."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = uri.removeprefix("sqlite:").removeprefix("///").split("?", 1)[0]
+    if path in ("", ":memory:") or path.startswith("/:memory:"):
+        return None
+    return Path(path).expanduser().resolve()
+
+
+def _folder_name(name: str) -> str:
+    """An experiment name as one folder name."""
+    return re.sub(r"[^\w.-]+", "_", name).lstrip(".") or "experiment"
+
+
+def runs_page(uri: str, experiment_id: str, ui: str = LOCAL_UI) -> str:
+    """The MLflow UI's page of an experiment's runs: on the tracking server for an http(s) `uri`,
+    else on `mlflow ui` (`ui_command`) at `ui`, its default address."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui
+    return f"{base}/#/experiments/{experiment_id}/runs"
+
+
+def study_page(uri: str, study: str) -> str | None:
+    """The MLflow UI's page of the runs of `study`'s experiment in the store at `uri` (None if
+    it has none)."""
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(study)
+    return None if exp is None else runs_page(uri, exp.experiment_id)
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves the MLflow UI of a local store, from any folder (None for a
+    server: it serves its own). The study's artifacts need nothing more: each experiment names
+    its own artifact folder."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    db = sqlite_file(uri)
+    if db is not None:
+        uri = f"sqlite:///{db}"
+    elif uri.startswith("file:") or "://" not in uri:
+        folder = uri.removeprefix("file://").removeprefix("file:")
+        uri = Path(folder).expanduser().resolve().as_uri()
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -33,16 +33,22 @@ def run_worker(
     tracking_uri: str | None = None,
     hooks: Hooks | None = None,
     on_trial_end: TrialEnd | None = None,
+    artifacts: str | None = None,
 ) -> optuna.Study:
     """Run trials of a stored study until finished + running trials (all workers) reach `trials`
     (default: the study's own N). The worker that sees the last one finish writes the report.
+    `tracking_uri` and `artifacts` (for an experiment not yet in that store) default to the
+    study's.
+
+    A trial that cannot write (a full disk) stops the worker with a `WriteError`, its trial
+    queued again (`Session.optimize`).
 
     Workers that take the last slots within the same few milliseconds can each start one, so N
     may be exceeded by at most one trial per extra worker.
     """
     # Workers sample on their own: one seed each, or they would all draw the same architectures.
     seed = random.SystemRandom().randrange(2**31)
-    session, proxy_config = join_study(study_name, storage, tracking_uri, seed)
+    session, proxy_config = join_study(study_name, storage, tracking_uri, seed, artifacts)
     settings, study = session.settings, session.study
     target = trials if trials is not None else settings.trials
     space, proxy = SearchSpace.load(settings.space), ProxyTask(proxy_config)
