@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from nas_neck.cli import confirm, data, export, pareto, predict, search, show, spaces, train, worker
+from nas_neck.cli import supernet as supernet_cli
 from nas_neck.cli.console import setup_logging
 from nas_neck.cli.usage import Group
 
@@ -37,5 +38,8 @@ app.command()(worker.worker)
 app.command()(pareto.pareto)
 app.command()(export.export)
 app.command()(predict.predict)
+app.add_typer(
+    supernet_cli.app, name="supernet", help="Weight-sharing supernet: train, score paths."
+)
 
 __all__ = ["app"]
