@@ -114,7 +114,7 @@ def test_ray_cluster_search_records_what_a_local_search_does(cluster, root, monk
             assert run.data.tags["pareto"] == str(t.number in front).lower()
             for k, v in run.data.metrics.items():  # every metric logged is the study's
                 if k != "train_loss":
-                    assert v == pytest.approx(t.user_attrs[k]), k
+                    assert v == pytest.approx(float(t.user_attrs[k])), k
             assert run.data.metrics["train_loss"] == pytest.approx(t.user_attrs["losses"][-1])
         structure[study.study_name] = (
             sorted(parent.data.params),

@@ -52,6 +52,7 @@ from nas_neck.errors import (
     describe_os_error,
     os_error_of,
 )
+from nas_neck.safeload import load_torch_file, plain
 from nas_neck.supernet.supernet import Supernet, SupernetDetector
 
 log = logging.getLogger(__name__)
@@ -326,21 +327,24 @@ def train_supernet(
             log.info("supernet epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
             _save(
                 path,
-                {
-                    "format": _FORMAT,
-                    "kind": "nas-neck-supernet",
-                    "settings": settings,
-                    **meta,
-                    "state_dict": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "losses": losses,
-                    "step_losses": step_losses,
-                    "precision": precision,
-                    "mlflow_run_id": run_id,
-                },
+                plain(
+                    {
+                        "format": _FORMAT,
+                        "kind": "nas-neck-supernet",
+                        "settings": settings,
+                        **meta,
+                        "state_dict": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "losses": losses,
+                        "step_losses": step_losses,
+                        "precision": precision,
+                        "mlflow_run_id": run_id,
+                    },
+                    "checkpoint",
+                ),
             )
             _write_losses(out, losses, step_losses)
             if tracker is not None:
@@ -418,7 +422,9 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch_file(path)  # weights-only: nothing in the file runs
+    except CheckpointError:
+        raise
     except Exception as e:
         raise CheckpointError(
             f"{path}: not a readable supernet checkpoint ({type(e).__name__}: "
