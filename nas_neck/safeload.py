@@ -15,6 +15,7 @@ from those.
 from __future__ import annotations
 
 import _compat_pickle
+import contextlib
 import dataclasses
 import enum
 import io
@@ -22,6 +23,7 @@ import os
 import pickle
 import pickletools
 import re
+import secrets
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -31,9 +33,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas_neck.errors import CheckpointError
+from nas_neck.errors import (
+    OUT_OF_SPACE,
+    CheckpointError,
+    WriteError,
+    describe_os_error,
+    os_error_of,
+)
 
-__all__ = ["REFUSED", "load_torch_file", "plain", "refusal", "refused_globals"]
+__all__ = ["REFUSED", "load_torch_file", "plain", "refusal", "refused_globals", "save_torch_file"]
 
 REFUSED = "refused: loading it would run code from the file"
 
@@ -44,6 +52,29 @@ _SHOWN = 6  # globals named in the message, at most
 _DATA_MODULES = ("numpy", "pathlib", "pydantic", "pydantic_core", "nas_neck", "collections",
                  "datetime", "decimal", "enum", "fractions", "uuid")  # fmt: skip
 _MESSAGE_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
+
+
+def save_torch_file(path: Path, payload: Any, what: str = "the checkpoint") -> Path:
+    """`torch.save` to a temporary file beside `path`, synced and renamed into place, so `path`
+    is never partial and an older file there stays intact; a failure to write is a `WriteError`
+    naming `path` and `what` (with what to do on a full disk), the temporary file removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if (error := os_error_of(e)) is None:
+            raise
+        hint = "; free some space and run again" if error.errno in OUT_OF_SPACE else ""
+        raise WriteError(f"{path}: cannot save {what}: {describe_os_error(error)}{hint}") from None
+    return path
 
 
 def load_torch_file(path: str | Path) -> Any:

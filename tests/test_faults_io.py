@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-import nas_neck.detect.trainer as trainer_module
+import nas_neck.safeload as safeload_module
 from nas_neck.cli import app
 from nas_neck.config import TrainConfig
 from nas_neck.data.cache import FeatureCache
@@ -301,7 +301,7 @@ def test_full_disk_while_saving_a_checkpoint_leaves_no_partial_file(
     def filling_open(file: Path, mode: str) -> _FillingFile:
         return _FillingFile(open(file, mode), room=20_000)  # noqa: SIM115 (it closes the file)
 
-    monkeypatch.setattr(trainer_module, "open", filling_open, raising=False)
+    monkeypatch.setattr(safeload_module, "open", filling_open, raising=False)  # the writer
     with pytest.raises(WriteError) as failure:
         save_checkpoint(path, model, arch, meta)
     message = str(failure.value)

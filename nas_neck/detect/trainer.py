@@ -15,11 +15,8 @@ fp32 one only by how it was trained, never by rounding of the scores and boxes i
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,15 +34,11 @@ from nas_neck.detect.loss import DetectionLoss
 from nas_neck.device import Precision, autocast_context, resolve_precision
 from nas_neck.dsl import Architecture, SearchSpace
 from nas_neck.errors import (
-    OUT_OF_SPACE,
     CheckpointError,
     NasNeckError,
-    WriteError,
-    describe_os_error,
-    os_error_of,
 )
 from nas_neck.neck import GraphNeck
-from nas_neck.safeload import load_torch_file, plain
+from nas_neck.safeload import load_torch_file, plain, save_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -228,24 +221,7 @@ def save_checkpoint(
         "state_dict": model.state_dict(),  # tensors (an OrderedDict, with its _metadata)
         "meta": plain(meta, "meta"),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if (error := os_error_of(e)) is None:
-            raise
-        hint = "; free some space and run again" if error.errno in OUT_OF_SPACE else ""
-        raise WriteError(
-            f"{path}: cannot save the checkpoint: {describe_os_error(error)}{hint}"
-        ) from None
-    return path
+    return save_torch_file(path, payload)
 
 
 def load_checkpoint(path: str | Path) -> tuple[Detector, Architecture, dict[str, Any]]:

@@ -28,9 +28,7 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,13 +44,11 @@ from nas_neck.detect.trainer import TrainingDiverged
 from nas_neck.device import autocast_context, resolve_precision
 from nas_neck.dsl import Architecture, RandomSampler, SearchSpace, load_space
 from nas_neck.errors import (
-    OUT_OF_SPACE,
     CheckpointError,
     WriteError,
     describe_os_error,
-    os_error_of,
 )
-from nas_neck.safeload import load_torch_file, plain
+from nas_neck.safeload import load_torch_file, plain, save_torch_file
 from nas_neck.supernet.supernet import Supernet, SupernetDetector
 
 log = logging.getLogger(__name__)
@@ -400,24 +396,7 @@ def _write_losses(out: Path, losses: list[float], step_losses: list[float]) -> N
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
-    """`torch.save` to a temporary file beside `path`, renamed into place (never partial)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if (error := os_error_of(e)) is None:
-            raise
-        hint = "; free some space and run again" if error.errno in OUT_OF_SPACE else ""
-        raise WriteError(
-            f"{path}: cannot save the supernet checkpoint: {describe_os_error(error)}{hint}"
-        ) from None
+    save_torch_file(path, payload, "the supernet checkpoint")
 
 
 def _read(path: Path) -> dict[str, Any]:
